@@ -1,0 +1,190 @@
+"""The ``apoptosis`` command line. Every user error is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from apoptosis.config import RunConfig, StrategyConfig, parse_set_option
+from apoptosis.errors import ApoptosisError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Neuron-level evolution inside a char-level transformer.",
+)
+console = Console()
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a setting: section.key=value (e.g. model.n_layer=2, strategy.prune_rate=0.05)"),
+]
+
+
+def build_config(
+    config_file: Path | None,
+    strategy: str | None,
+    steps: int | None,
+    seed: int | None,
+    data: str | None,
+    device: str | None,
+    sets: list[str] | None,
+) -> RunConfig:
+    """Defaults, then the config file, then the named options, then ``--set`` in order."""
+    from apoptosis.strategy import build_strategy
+
+    config = RunConfig.from_toml_file(config_file) if config_file else RunConfig()
+    if strategy is not None and strategy != config.strategy.name:
+        config.strategy = StrategyConfig(name=strategy)
+    for key, value in (("trainer.steps", steps), ("trainer.seed", seed), ("data.path", data), ("trainer.device", device)):
+        if value is not None:
+            config.set(key, value, source=f"--{key.split('.')[1]}")
+    for assignment in sets or []:
+        config.set(*parse_set_option(assignment))
+    config.validate()
+    build_strategy(config.strategy.name, config.strategy.params)  # fail now, not after loading data
+    return config
+
+
+@app.command()
+def train(
+    strategy: Annotated[str | None, typer.Option(help="strategy name (see `apoptosis strategies`)")] = None,
+    steps: Annotated[int | None, typer.Option(help="training steps")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed")] = None,
+    name: Annotated[str | None, typer.Option(help="run name (default: time and strategy)")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="folder holding run folders")] = Path("runs"),
+    data: Annotated[str | None, typer.Option(help="UTF-8 text file (default: Shakespeare's plays)")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config file, e.g. a run's config.toml")] = None,
+    set_: SetOption = None,
+    resume: Annotated[bool, typer.Option(help="continue the run --name from its last checkpoint")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar or summary tables")] = False,
+) -> None:
+    """Train the char-level transformer with an apoptosis strategy; write runs/NAME/."""
+    from apoptosis.report import print_ages, summary_table
+    from apoptosis.trainer import Trainer
+
+    if resume:
+        if name is None:
+            raise ApoptosisError("--resume needs --name RUN (the run folder to continue)")
+        changed = [opt for opt, v in (("--strategy", strategy), ("--steps", steps), ("--seed", seed),
+                   ("--data", data), ("--device", device), ("--config", config), ("--set", set_)) if v]  # fmt: skip
+        if changed:
+            raise ApoptosisError(f"--resume continues a run with its saved config; drop {', '.join(changed)}")
+        run_config = RunConfig()
+    else:
+        run_config = build_config(config, strategy, steps, seed, data, device, set_)
+        name = name or f"{time.strftime('%Y%m%d-%H%M%S')}-{run_config.strategy.name}"
+    run_dir = runs_dir / name
+    trainer = Trainer(run_config, run_dir, resume=resume, console=console, show_progress=not quiet)
+    summary = trainer.fit()
+    if not quiet:
+        console.print(summary_table(summary, f"Run {name}"))
+        print_ages(run_dir, console)
+        console.print(f"Run folder: {run_dir}  (sample text: apoptosis sample {run_dir})")
+
+
+@app.command()
+def strategies(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    pattern: Annotated[str, typer.Argument(help="shell-style wildcard on names")] = "*",
+) -> None:
+    """List the registered strategies with their parameters, defaults and ranges."""
+    from apoptosis.registry import STRATEGIES
+
+    listing = []
+    for strategy_name in STRATEGIES.names(pattern):
+        cls = STRATEGIES.get(strategy_name)
+        listing.append(
+            {"name": strategy_name, "description": getattr(cls, "description", ""), "parameters": cls.Params.describe()}
+        )
+    if as_json:
+        print(json.dumps(listing, indent=2))
+        return
+    table = Table(title="Strategies", title_justify="left", show_lines=True)
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    table.add_column("parameters (default; allowed; search range)")
+    for item in listing:
+        lines = [
+            f"{p['name']} = {p['default']!r}; {p['allowed']}; "
+            + (f"search {p['search'][0]}..{p['search'][1]}{' (log)' if p['log'] else ''}" if p["search"] else
+               f"search {p['choices']}" if p["choices"] else "not searched")
+            for p in item["parameters"]
+        ]  # fmt: skip
+        table.add_row(item["name"], item["description"], "\n".join(lines) or "-")
+    console.print(table)
+
+
+@app.command()
+def ages(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs/NAME")]) -> None:
+    """Neuron ages per layer, age histogram, age diversity and the largest living lineages."""
+    from apoptosis.report import print_ages
+
+    print_ages(run_dir, console)
+
+
+@app.command()
+def sample(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs/NAME")],
+    chars: Annotated[int, typer.Option(help="characters to generate")] = 500,
+    prompt: Annotated[str, typer.Option(help="text to start from")] = "\n",
+    temperature: Annotated[float, typer.Option(help="softmax temperature")] = 0.8,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+) -> None:
+    """Generate text from a run's last checkpoint."""
+    import torch
+
+    from apoptosis.trainer import load_model
+
+    if chars < 1:
+        raise ApoptosisError(f"--chars must be >= 1, got {chars}")
+    if temperature <= 0:
+        raise ApoptosisError(f"--temperature must be > 0, got {temperature}")
+    model, vocab, _ = load_model(run_dir, device)
+    context = vocab.encode(prompt)[None, :].to(device)
+    out = model.generate(context, chars, temperature=temperature, generator=torch.Generator().manual_seed(seed))
+    print(vocab.decode(out[0].tolist()))
+
+
+@app.command()
+def bench(
+    steps: Annotated[int, typer.Option(help="training steps per measured run")] = 300,
+    repeats: Annotated[int, typer.Option(help="alternating runs per strategy")] = 3,
+    strategy: Annotated[str, typer.Option(help="strategy measured against none")] = "standard",
+    set_: SetOption = None,
+) -> None:
+    """Throughput of `none` against a strategy (same config, alternating runs) and the model's
+    FLOP/s as a share of this machine's float32 matmul FLOP/s. Unless set, the strategy's
+    interval is 100 and maturity 50, so a short bench includes events."""
+    from apoptosis.bench import print_bench, run_bench
+
+    if repeats < 1:
+        raise ApoptosisError(f"--repeats must be >= 1, got {repeats}")
+    config = build_config(None, strategy, steps, None, None, None, set_)
+    result = run_bench(config, strategy=strategy, repeats=repeats, console=console)
+    print_bench(result, console)
+
+
+def main() -> None:
+    try:
+        app()
+    except ApoptosisError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Neuron fitness, accumulated for free during normal training.
+
+A forward hook on each MLP's ``gate`` (the hidden activation h) and, for gradient metrics, a
+tensor hook on h's gradient give every metric a per-step value per neuron; an exponential moving
+average (bias-corrected per neuron, so a newborn is not scored as if it had a history of zeros)
+carries it from one apoptosis event to the next. Metrics are plugins registered by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from apoptosis.model import GPT, MLP
+from apoptosis.registry import FITNESS_METRICS, register_fitness_metric
+
+
+class FitnessMetric:
+    """Base class: ``step_value`` maps one training step's h (and dL/dh) to a value per neuron;
+    ``score`` turns the averaged value into the fitness (higher = fitter)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    needs_grad: ClassVar[bool] = False
+    accumulates: ClassVar[bool] = True
+
+    def step_value(self, h: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
+        """h, grad: (B, T, width) -> (width,)."""
+        raise NotImplementedError
+
+    def score(self, average: torch.Tensor, mlp: MLP, generator: torch.Generator) -> torch.Tensor:
+        return average
+
+
+@register_fitness_metric
+class GradActivation(FitnessMetric):
+    name = "grad_activation"
+    description = "mean |h * dL/dh| per neuron: first-order estimate of the loss change if it died"
+    needs_grad = True
+
+    def step_value(self, h: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
+        return (h * grad).abs().mean(dim=(0, 1))
+
+
+@register_fitness_metric
+class Activation(FitnessMetric):
+    name = "activation"
+    description = "mean |h| per neuron"
+
+    def step_value(self, h: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
+        return h.abs().mean(dim=(0, 1))
+
+
+@register_fitness_metric
+class Contribution(Activation):
+    name = "contribution"
+    description = "mean |h| x L1 norm of the outgoing weights (continual backprop's utility)"
+
+    def score(self, average: torch.Tensor, mlp: MLP, generator: torch.Generator) -> torch.Tensor:
+        return average * mlp.proj.weight.detach().abs().sum(dim=0)
+
+
+@register_fitness_metric
+class RandomFitness(FitnessMetric):
+    name = "random"
+    description = "uniform random scores: a control for every other metric"
+    accumulates = False
+
+    def score(self, average: torch.Tensor, mlp: MLP, generator: torch.Generator) -> torch.Tensor:
+        return torch.rand(mlp.width, generator=generator).to(average.device)
+
+
+class FitnessTracker:
+    """Per-layer moving averages of a metric, kept aligned with neuron slots through surgery."""
+
+    def __init__(self, model: GPT, metric: str = "grad_activation", ema_decay: float = 0.99, seed: int = 0) -> None:
+        self.model = model
+        self.metric: FitnessMetric = FITNESS_METRICS.get(metric)()
+        self.ema_decay = ema_decay
+        self.generator = torch.Generator().manual_seed(seed)
+        device = next(model.parameters()).device
+        self.sums = [torch.zeros(w, device=device) for w in model.mlp_widths()]
+        self.weights = [torch.zeros(w, device=device) for w in model.mlp_widths()]
+        self._handles: list[Any] = []
+
+    @property
+    def mlps(self) -> list[MLP]:
+        return [block.mlp for block in self.model.blocks]
+
+    def attach(self) -> None:
+        """Start watching training steps (forward passes with grad enabled, in train mode)."""
+        if self._handles or not self.metric.accumulates:
+            return
+        for layer, mlp in enumerate(self.mlps):
+            self._handles.append(mlp.gate.register_forward_hook(self._make_hook(layer)))
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _make_hook(self, layer: int):
+        def hook(module: nn.Module, inputs: Any, h: torch.Tensor) -> None:
+            if not (module.training and torch.is_grad_enabled()):
+                return
+            value = h.detach()  # no reference back to h: a closure over h would form a cycle
+            if self.metric.needs_grad:
+                h.register_hook(lambda grad: self._update(layer, self.metric.step_value(value, grad)))
+            else:
+                self._update(layer, self.metric.step_value(value, None))
+
+        return hook
+
+    @torch.no_grad()
+    def _update(self, layer: int, value: torch.Tensor) -> None:
+        d = self.ema_decay
+        self.sums[layer].mul_(d).add_(value, alpha=1 - d)
+        self.weights[layer].mul_(d).add_(1 - d)
+
+    @torch.no_grad()
+    def scores(self, layer: int) -> torch.Tensor:
+        """Fitness of every neuron of ``layer`` (0 for neurons with no history yet), on the CPU."""
+        w = self.weights[layer]
+        average = torch.where(w > 0, self.sums[layer] / w.clamp_min(1e-12), torch.zeros_like(w))
+        return self.metric.score(average, self.mlps[layer], self.generator).float().cpu()
+
+    # --- kept aligned with the population's surgery --------------------------------------------
+
+    def reset(self, layer: int, slots: torch.Tensor) -> None:
+        self.sums[layer][slots] = 0.0
+        self.weights[layer][slots] = 0.0
+
+    def grow(self, layer: int, k: int) -> None:
+        zeros = torch.zeros(k, device=self.sums[layer].device)
+        self.sums[layer] = torch.cat([self.sums[layer], zeros])
+        self.weights[layer] = torch.cat([self.weights[layer], zeros])
+
+    def keep(self, layer: int, keep_slots: torch.Tensor) -> None:
+        self.sums[layer] = self.sums[layer][keep_slots]
+        self.weights[layer] = self.weights[layer][keep_slots]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "sums": [s.cpu() for s in self.sums],
+            "weights": [w.cpu() for w in self.weights],
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.sums[0].device
+        self.sums = [s.to(device) for s in state["sums"]]
+        self.weights = [w.to(device) for w in state["weights"]]
+        self.generator.set_state(state["generator"])

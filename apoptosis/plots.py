@@ -1,0 +1,55 @@
+"""Seaborn figures of a run, written next to its data (``loss.png``, ``ages.png``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from apoptosis.io import atomic_write  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_losses(metrics: pd.DataFrame, event_steps: list[int], title: str) -> plt.Figure:
+    """Training loss (per logged window) and validation loss, with a dotted line at each event."""
+    long = metrics.melt(id_vars="step", value_vars=["train_loss", "val_loss"], var_name="curve", value_name="loss")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    sns.lineplot(data=long.dropna(), x="step", y="loss", hue="curve", marker=None, ax=ax)
+    for step in sorted(set(event_steps)):
+        ax.axvline(step, color="grey", linestyle=":", linewidth=1)
+    ax.set_title(title)
+    return fig
+
+
+def plot_ages(lineage: pd.DataFrame, step: int, title: str) -> plt.Figure:
+    """Ages of the living neurons at ``step``, one histogram per layer."""
+    living = lineage[lineage["death_step"].isna()].copy()
+    living["age"] = step - living["birth_step"]
+    living["layer"] = living["layer"].astype(str)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    sns.histplot(data=living, x="age", hue="layer", multiple="stack", bins=20, binrange=(0, max(step, 1)), ax=ax)
+    ax.set_title(title)
+    return fig
+
+
+def plot_run(run_dir: str | Path) -> None:
+    from apoptosis.trainer import read_events, read_metrics
+
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir)
+    events = read_events(run_dir)
+    name = run_dir.name
+    _save(plot_losses(metrics, [e["step"] for e in events], f"{name}: loss"), run_dir / "loss.png")
+    lineage = pd.read_csv(run_dir / "lineage.csv")
+    step = int(metrics["step"].max()) if len(metrics) else 0
+    _save(plot_ages(lineage, step, f"{name}: neuron ages at step {step}"), run_dir / "ages.png")

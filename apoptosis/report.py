@@ -1,0 +1,129 @@
+"""Rich console summaries of a run: its results and the ages and lineages of its neurons."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from apoptosis.errors import ApoptosisError
+from apoptosis.lineage import Lineage
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def load_lineage(run_dir: str | Path) -> tuple[Lineage, int]:
+    """The lineage of a run and the step it describes: from ``lineage.csv`` when the run
+    finished, else from its last checkpoint (a run still going or killed)."""
+    run_dir = Path(run_dir)
+    summary, csv_path = run_dir / "summary.json", run_dir / "lineage.csv"
+    if summary.exists() and csv_path.exists():
+        step = int(json.loads(summary.read_text(encoding="utf-8"))["steps"])
+        return Lineage.from_frame(pd.read_csv(csv_path)), step
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        lineage = Lineage()
+        lineage.load_state_dict(ckpt["lineage"])
+        return lineage, int(ckpt["step"])
+    raise ApoptosisError(f"{run_dir} is not a run folder: it has neither lineage.csv nor checkpoints/last.pt")
+
+
+def sparkline(ages: np.ndarray, step: int, bins: int = 10) -> str:
+    """Age histogram over [0, step] as block characters, youngest on the left."""
+    if len(ages) == 0:
+        return ""
+    counts, _ = np.histogram(ages, bins=bins, range=(0, max(step, 1)))
+    top = counts.max()
+    return "".join(" " if c == 0 else SPARK[min(len(SPARK) - 1, int(c / top * (len(SPARK) - 1) + 0.5))] for c in counts)
+
+
+def ages_table(lineage: Lineage, step: int) -> Table:
+    table = Table(
+        title=f"Neuron ages at step {step} (gen = max generation, div = age diversity)", title_justify="left"
+    )
+    table.add_column("layer")
+    for name in ("neurons", "founders", "mean", "median", "max", "gen", "div", "deaths"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column(f"ages 0..{step}", no_wrap=True)
+    deaths = Counter(r.layer for r in lineage.records if not r.alive)
+    layers: list[tuple[str, int | None]] = [(str(i), i) for i in range(len(lineage.slots))] + [("all", None)]
+    for label, layer in layers:
+        ages = lineage.ages(step, layer)
+        table.add_row(
+            label,
+            f"{len(ages)}",
+            f"{lineage.founders_share(layer):.0%}",
+            f"{ages.mean():.0f}" if len(ages) else "-",
+            f"{np.median(ages):.0f}" if len(ages) else "-",
+            f"{ages.max()}" if len(ages) else "-",
+            f"{lineage.max_generation(layer)}",
+            f"{lineage.age_diversity(step, layer):.3f}",
+            f"{deaths[layer] if layer is not None else sum(deaths.values())}",
+            sparkline(ages, step),
+            style="bold" if layer is None else None,
+        )
+    return table
+
+
+def lineages_table(lineage: Lineage, top: int = 5) -> Table:
+    """The founders with the most living descendants (themselves included)."""
+    living = Counter()
+    ever = Counter()
+    deepest: dict[int, int] = {}
+    for r in lineage.records:
+        root = lineage.founder_of(r.id)
+        ever[root] += 1
+        if r.alive:
+            living[root] += 1
+            deepest[root] = max(deepest.get(root, 0), r.generation)
+    table = Table(title=f"Largest living lineages (top {top})", title_justify="left")
+    table.add_column("founder", justify="right")
+    table.add_column("layer", justify="right")
+    for name in ("living", "ever born", "deepest gen", "founder alive"):
+        table.add_column(name, justify="right")
+    for root, n in sorted(living.items(), key=lambda kv: (-kv[1], kv[0]))[:top]:
+        record = lineage.record(root)
+        table.add_row(
+            f"{root}", f"{record.layer}", f"{n}", f"{ever[root]}", f"{deepest[root]}", "yes" if record.alive else "no"
+        )
+    return table
+
+
+def print_ages(run_dir: str | Path, console: Console) -> None:
+    lineage, step = load_lineage(run_dir)
+    console.print(ages_table(lineage, step))
+    console.print(lineages_table(lineage))
+
+
+def summary_table(summary: dict[str, Any], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("strategy", summary["strategy"]),
+        ("steps", f"{summary['steps']}"),
+        ("final train loss", f"{summary['final_train_loss']:.4f}"),
+        ("final val loss", f"{summary['final_val_loss']:.4f}"),
+        ("train loss variance (last 20%)", _num(summary["train_loss_variance_last20"], ".5f")),
+        ("tokens/s", _num(summary["tokens_per_s"], ",.0f")),
+        ("events", f"{summary['events']}"),
+        ("neurons replaced", f"{summary['neurons_replaced']}"),
+        ("mean event disruption (probe loss)", _num(summary["mean_event_disruption"], "+.4f")),
+        ("age diversity", f"{summary['age_diversity']:.3f}"),
+        ("neurons / parameters", f"{summary['neurons']} / {summary['parameters']:,}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)

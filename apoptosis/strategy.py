@@ -1,0 +1,90 @@
+"""The strategy plugin interface: a name, a validated ``Params`` dataclass and trainer hooks.
+
+Hooks are named ``on_<moment>`` and do nothing by default (as HF Trainer callbacks), so a
+strategy overrides only what it needs. Surgery always goes through ``ctx.event(...)``, which
+hands each layer's ``NeuronPopulation`` to the strategy and measures the loss on a fixed probe
+batch before and after, so every strategy's disruption is recorded the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from apoptosis.errors import ApoptosisError
+from apoptosis.lineage import Lineage
+from apoptosis.params import StrategyParams
+from apoptosis.population import NeuronPopulation
+from apoptosis.registry import STRATEGIES
+
+Surgery = Callable[[NeuronPopulation], None]
+
+
+@dataclass
+class TrainingContext:
+    """What a strategy sees of the run. ``generator`` is its own checkpointed random stream."""
+
+    step: int
+    total_steps: int
+    populations: list[NeuronPopulation]
+    lineage: Lineage
+    generator: torch.Generator
+    _run_event: Callable[[str, Surgery], None]
+    _log: Callable[[str], None]
+
+    def event(self, kind: str, surgery: Surgery) -> None:
+        """Run ``surgery`` on every layer's population as one recorded event."""
+        self._run_event(kind, surgery)
+
+    def log(self, message: str) -> None:
+        """A line printed above the progress bar."""
+        self._log(message)
+
+
+@dataclass
+class NoParams(StrategyParams):
+    """For strategies without parameters."""
+
+
+class Strategy:
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Params: ClassVar[type[StrategyParams]] = NoParams
+    uses_fitness: ClassVar[bool] = True  # False skips the fitness hooks (and their cost)
+
+    def __init__(self, params: StrategyParams | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any]) -> Strategy:
+        return cls(cls.Params.from_mapping(dict(values), owner=f"strategy {cls.name!r}"))
+
+    def on_train_begin(self, ctx: TrainingContext) -> None:
+        """Called once before the first step (also after ``--resume``)."""
+
+    def on_step_end(self, ctx: TrainingContext) -> None:
+        """Called after every optimizer step; ``ctx.step`` counts from 1."""
+
+    def on_evaluate(self, ctx: TrainingContext, val_loss: float) -> None:
+        """Called after each evaluation on the validation batches."""
+
+    def on_train_end(self, ctx: TrainingContext) -> None:
+        """Called once after the last step."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What ``--resume`` needs to continue exactly (the random stream is saved for you)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+def build_strategy(name: str, params: Mapping[str, Any] | None = None) -> Strategy:
+    """The registered strategy ``name`` with validated parameters (defaults for missing ones)."""
+    cls = STRATEGIES.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ApoptosisError(f"strategy plugin {name!r} is {cls!r}, not a subclass of apoptosis.strategy.Strategy")
+    return cls.from_config(params or {})

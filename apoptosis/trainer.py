@@ -1,0 +1,435 @@
+"""The training loop, its run folder and exact resume.
+
+One ``Trainer`` owns a run: it builds the data, model, optimizer, fitness tracker, lineage and
+one ``NeuronPopulation`` per layer, calls the strategy's hooks, measures every event on a fixed
+probe batch, and writes ``runs/<name>/`` (see runs/README.md). A checkpoint holds everything
+the next step depends on, so ``--resume`` after a kill ends with the same numbers as a run that
+was never interrupted (on the CPU, bit for bit).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from apoptosis.config import RunConfig
+from apoptosis.data import CharDataset, CharVocab, load_corpus
+from apoptosis.errors import ApoptosisError, TrainingDiverged
+from apoptosis.fitness import FitnessTracker
+from apoptosis.io import atomic_write, atomic_write_json, atomic_write_text
+from apoptosis.lineage import Lineage
+from apoptosis.model import GPT
+from apoptosis.population import NeuronPopulation
+from apoptosis.strategy import Strategy, Surgery, TrainingContext, build_strategy
+
+METRIC_COLUMNS = ["step", "train_loss", "val_loss", "lr", "tokens_per_s", "neurons", "events"]
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+def lr_at(step: int, config: RunConfig) -> float:
+    """Linear warmup to ``lr``, then cosine decay to ``min_lr`` at the last step."""
+    t = config.trainer
+    if step <= t.warmup_steps:
+        return t.lr * step / max(t.warmup_steps, 1)
+    progress = (step - t.warmup_steps) / max(t.steps - t.warmup_steps, 1)
+    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_optimizer(model: GPT, config: RunConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (embeddings and linear weights)."""
+    t = config.trainer
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
+
+
+@dataclass
+class RunTotals:
+    """Counters that go into the checkpoint and the summary."""
+
+    events: int = 0
+    neurons_replaced: int = 0
+    neurons_born: int = 0
+    disruptions: list[float] = field(default_factory=list)  # probe loss after - before, per event
+    train_time_s: float = 0.0
+    tokens: int = 0
+    pending_losses: list[float] = field(default_factory=list)  # since the last metrics row
+    pending_tokens: int = 0
+    pending_time_s: float = 0.0
+    last_val_loss: float | None = None
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        console: Console | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.console = console or Console()
+        self.show_progress = show_progress
+        checkpoint = self._read_checkpoint() if resume else None
+        if checkpoint is not None:
+            config = RunConfig.from_dict(checkpoint["config"], source="checkpoint")
+        elif (self.run_dir / "config.toml").exists():
+            raise ApoptosisError(
+                f"run folder {self.run_dir} already holds a run: pass --resume to continue it, or another --name"
+            )
+        config.validate()
+        self.config = config
+        t = config.trainer
+        self.device = torch.device(t.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ApoptosisError("trainer.device is cuda but this machine has no CUDA GPU: use --device cpu")
+
+        torch.manual_seed(t.seed)
+        text = load_corpus(config.data.path)
+        vocab = CharVocab(checkpoint["vocab"]) if checkpoint else None
+        self.data = CharDataset.from_text(text, config.model.block_size, config.data.val_fraction, vocab=vocab)
+        config.model.vocab_size = len(self.data.vocab)
+
+        self.model = GPT(config.model).to(self.device)
+        self.optimizer = build_optimizer(self.model, config)
+        self.lineage = Lineage.founders(self.model.mlp_widths())
+        self.fitness = FitnessTracker(self.model, config.fitness.metric, config.fitness.ema_decay, seed=t.seed + 3)
+        self.populations = [
+            NeuronPopulation(i, block.mlp, self.optimizer, self.fitness, self.lineage)
+            for i, block in enumerate(self.model.blocks)
+        ]
+        self.strategy: Strategy = build_strategy(config.strategy.name, config.strategy.params)
+        config.strategy.params = self.strategy.params.to_dict()  # saved with every default filled in
+
+        self.batch_generator = torch.Generator().manual_seed(t.seed + 1)
+        self.strategy_generator = torch.Generator().manual_seed(t.seed + 2)
+        fixed = torch.Generator().manual_seed(t.seed + 4)
+        self.probe_batch = self.data.batch("train", t.batch_size, fixed, self.device)
+        self.eval_batches = {
+            split: [self.data.batch(split, t.batch_size, fixed, self.device) for _ in range(t.eval_batches)]
+            for split in ("train", "val")
+        }
+        self.step = 0
+        self.totals = RunTotals()
+        self.progress: Progress | None = None
+        if checkpoint is not None:
+            self._load_checkpoint(checkpoint)
+        else:
+            self._start_run_folder()
+
+    # --- run folder ---------------------------------------------------------------------------
+
+    def _start_run_folder(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "config.toml", self.config.to_toml())
+        atomic_write_json(self.run_dir / "vocab.json", self.data.vocab.chars)
+        atomic_write_text(self.run_dir / "metrics.csv", ",".join(METRIC_COLUMNS) + "\n")
+        atomic_write_text(self.run_dir / "events.jsonl", "")
+
+    def _append(self, name: str, line: str) -> None:
+        with open(self.run_dir / name, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    def _truncate_logs(self, step: int) -> None:
+        """After a resume: drop metric rows and events written after the checkpoint's step."""
+        metrics = self.run_dir / "metrics.csv"
+        lines = metrics.read_text(encoding="utf-8").splitlines()
+        kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
+        atomic_write_text(metrics, "\n".join(kept) + "\n")
+        events = self.run_dir / "events.jsonl"
+        if events.exists():
+            kept = [ln for ln in events.read_text(encoding="utf-8").splitlines() if json.loads(ln)["step"] <= step]
+            atomic_write_text(events, "".join(ln + "\n" for ln in kept))
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def _read_checkpoint(self) -> dict[str, Any]:
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            raise ApoptosisError(f"nothing to resume: {path} does not exist")
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "config": RunConfig(
+                model=self.model.current_config(),
+                data=self.config.data,
+                trainer=self.config.trainer,
+                fitness=self.config.fitness,
+                strategy=self.config.strategy,
+            ).to_dict(),
+            "vocab": self.data.vocab.chars,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "fitness": self.fitness.state_dict(),
+            "lineage": self.lineage.state_dict(),
+            "totals": asdict(self.totals),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "batches": self.batch_generator.get_state(),
+                "strategy": self.strategy_generator.get_state(),
+            },
+        }
+        atomic_write(self.run_dir / CHECKPOINT, lambda f: torch.save(state, f))
+
+    def _load_checkpoint(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.strategy.load_state_dict(ckpt["strategy"])
+        self.fitness.load_state_dict(ckpt["fitness"])
+        self.lineage.load_state_dict(ckpt["lineage"])
+        self.totals = RunTotals(**ckpt["totals"])
+        self.step = ckpt["step"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        self.batch_generator.set_state(ckpt["rng"]["batches"])
+        self.strategy_generator.set_state(ckpt["rng"]["strategy"])
+        self._truncate_logs(self.step)
+
+    # --- measuring ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _mean_loss(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        was_training = self.model.training
+        self.model.eval()
+        losses = [self.model(x, y)[1].item() for x, y in batches]
+        self.model.train(was_training)
+        return float(np.mean(losses))
+
+    def probe_loss(self) -> float:
+        return self._mean_loss([self.probe_batch])
+
+    def evaluate(self) -> tuple[float, float]:
+        """(train, val) loss on the fixed evaluation batches."""
+        return self._mean_loss(self.eval_batches["train"]), self._mean_loss(self.eval_batches["val"])
+
+    # --- events -------------------------------------------------------------------------------
+
+    def _run_event(self, kind: str, surgery: Surgery) -> None:
+        self.totals.events += 1
+        first = before = self.probe_loss()
+        changed = False
+        for pop in self.populations:
+            mark = self.lineage.mark()
+            surgery(pop)
+            born, dead = self.lineage.births_since(mark), self.lineage.deaths_since(mark)
+            if not born and not dead:
+                continue
+            changed = True
+            after = self.probe_loss()
+            self.totals.neurons_replaced += len(dead)
+            self.totals.neurons_born += len(born)
+            record = {
+                "event": self.totals.events,
+                "step": self.step,
+                "kind": kind,
+                "layer": pop.layer,
+                "width": pop.width,
+                "dead_ids": [r.id for r in dead],
+                "dead_fitness": [r.death_fitness for r in dead],
+                "born_ids": [r.id for r in born],
+                "parent_ids": [list(r.parents) for r in born],
+                "parent_fitness": [r.parent_fitness for r in born],
+                "probe_loss_before": before,
+                "probe_loss_after": after,
+            }
+            self._append("events.jsonl", json.dumps(record))
+            before = after
+        if changed:
+            self.totals.disruptions.append(before - first)
+            self._log(
+                f"step {self.step}: {kind} event {self.totals.events}, probe loss {first:.4f} -> {before:.4f}"
+            )
+
+    def _log(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.console.log(message)
+        elif self.show_progress:
+            self.console.log(message)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def _context(self) -> TrainingContext:
+        return TrainingContext(
+            step=self.step,
+            total_steps=self.config.trainer.steps,
+            populations=self.populations,
+            lineage=self.lineage,
+            generator=self.strategy_generator,
+            _run_event=self._run_event,
+            _log=self._log,
+        )
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``trainer.steps`` (from the checkpoint's step after a resume)."""
+        t = self.config.trainer
+        if self.strategy.uses_fitness:
+            self.fitness.attach()
+        ctx = self._context()
+        self.model.train()
+        self.strategy.on_train_begin(ctx)
+        columns = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("val {task.fields[val]}"),
+            TextColumn("{task.fields[tps]} tok/s"),
+            TextColumn("events {task.fields[events]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns, console=self.console, disable=not self.show_progress, transient=False) as progress:
+            self.progress = progress
+            task = progress.add_task(
+                self.config.strategy.name, total=t.steps, completed=self.step, loss="-", val="-", tps="-", events=0
+            )
+            try:
+                while self.step < t.steps:
+                    self._train_step(ctx)
+                    progress.update(task, completed=self.step, **self._progress_fields())
+            finally:
+                self.progress = None
+                self.fitness.detach()
+        self.strategy.on_train_end(ctx)
+        return self.finish()
+
+    def _progress_fields(self) -> dict[str, Any]:
+        tot = self.totals
+        tps = tot.tokens / tot.train_time_s if tot.train_time_s > 0 else 0.0
+        val = "-" if tot.last_val_loss is None else f"{tot.last_val_loss:.3f}"
+        loss = f"{tot.pending_losses[-1]:.3f}" if tot.pending_losses else "-"
+        return {"loss": loss, "val": val, "tps": f"{tps:,.0f}", "events": tot.events}
+
+    def _train_step(self, ctx: TrainingContext) -> None:
+        t = self.config.trainer
+        started = time.perf_counter()
+        self.step += 1
+        ctx.step = self.step
+        lr = lr_at(self.step, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = self.data.batch("train", t.batch_size, self.batch_generator, self.device)
+        _, loss = self.model(x, y)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"training loss became {loss_value} at step {self.step}; the last good checkpoint is kept "
+                f"in {self.run_dir / CHECKPOINT} (lower trainer.lr or check the strategy)"
+            )
+        loss.backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.strategy.on_step_end(ctx)
+        elapsed = time.perf_counter() - started
+
+        tot = self.totals
+        n_tokens = x.numel()
+        tot.train_time_s += elapsed
+        tot.tokens += n_tokens
+        tot.pending_losses.append(loss_value)
+        tot.pending_tokens += n_tokens
+        tot.pending_time_s += elapsed
+        is_last = self.step == t.steps
+        is_eval = self.step % t.eval_interval == 0 or is_last
+        if is_eval:
+            _, tot.last_val_loss = self.evaluate()
+            self.strategy.on_evaluate(ctx, tot.last_val_loss)
+        if is_eval or self.step % t.log_interval == 0:
+            self._write_metrics_row(lr, tot.last_val_loss if is_eval else None)
+        if self.step % t.checkpoint_interval == 0 or is_last:
+            self.save_checkpoint()
+
+    def _write_metrics_row(self, lr: float, val_loss: float | None) -> None:
+        tot = self.totals
+        row = [
+            self.step,
+            f"{np.mean(tot.pending_losses):.6f}",
+            "" if val_loss is None else f"{val_loss:.6f}",
+            f"{lr:.6g}",
+            f"{tot.pending_tokens / max(tot.pending_time_s, 1e-9):.1f}",
+            sum(self.model.mlp_widths()),
+            tot.events,
+        ]
+        self._append("metrics.csv", ",".join(map(str, row)))
+        tot.pending_losses, tot.pending_tokens, tot.pending_time_s = [], 0, 0.0
+
+    # --- the end ------------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        train_loss, val_loss = self.evaluate()
+        tot = self.totals
+        metrics = read_metrics(self.run_dir)
+        tail = metrics[metrics["step"] > 0.8 * self.config.trainer.steps]["train_loss"]
+        return {
+            "strategy": self.config.strategy.name,
+            "steps": self.step,
+            "final_train_loss": train_loss,
+            "final_val_loss": val_loss,
+            "train_loss_variance_last20": float(tail.var(ddof=0)) if len(tail) else None,
+            "tokens_per_s": tot.tokens / tot.train_time_s if tot.train_time_s > 0 else None,
+            "events": tot.events,
+            "neurons_replaced": tot.neurons_replaced,
+            "neurons_born": tot.neurons_born,
+            "mean_event_disruption": float(np.mean(tot.disruptions)) if tot.disruptions else None,
+            "age_diversity": self.lineage.age_diversity(self.step),
+            "founders_share": self.lineage.founders_share(),
+            "max_generation": self.lineage.max_generation(),
+            "neurons": sum(self.model.mlp_widths()),
+            "parameters": self.model.num_params(),
+        }
+
+    def finish(self) -> dict[str, Any]:
+        """Write summary.json, lineage.csv and the plots."""
+        from apoptosis.plots import plot_run  # seaborn is slow to import; only needed here
+
+        summary = self.summary()
+        atomic_write_json(self.run_dir / "summary.json", summary)
+        self.lineage.write_csv(self.run_dir / "lineage.csv")
+        plot_run(self.run_dir)
+        return summary
+
+
+def read_metrics(run_dir: str | Path):
+    import pandas as pd
+
+    return pd.read_csv(Path(run_dir) / "metrics.csv")
+
+
+def read_events(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[GPT, CharVocab, dict[str, Any]]:
+    """The model of a run's last checkpoint, rebuilt from the config saved inside it."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        raise ApoptosisError(f"no checkpoint at {path}: is {run_dir} a run folder?")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    config = RunConfig.from_dict(ckpt["config"], source=str(path))
+    model = GPT(config.model).to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, CharVocab(ckpt["vocab"]), ckpt
+

@@ -1,0 +1,11 @@
+"""``none``: the baseline. No neuron dies, and no fitness is tracked (so it costs nothing)."""
+
+from apoptosis.registry import register_strategy
+from apoptosis.strategy import Strategy
+
+
+@register_strategy
+class NoApoptosis(Strategy):
+    name = "none"
+    description = "baseline: plain training, no neuron dies or is born"
+    uses_fitness = False
