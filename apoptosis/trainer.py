@@ -122,6 +122,7 @@ class Trainer:
             for split in ("train", "val")
         }
         self.step = 0
+        self.last_checkpoint_step: int | None = None
         self.totals = RunTotals()
         self.progress: Progress | None = None
         if checkpoint is not None:
@@ -186,6 +187,7 @@ class Trainer:
             },
         }
         atomic_write(self.run_dir / CHECKPOINT, lambda f: torch.save(state, f))
+        self.last_checkpoint_step = self.step
 
     def _load_checkpoint(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -194,7 +196,7 @@ class Trainer:
         self.fitness.load_state_dict(ckpt["fitness"])
         self.lineage.load_state_dict(ckpt["lineage"])
         self.totals = RunTotals(**ckpt["totals"])
-        self.step = ckpt["step"]
+        self.step = self.last_checkpoint_step = ckpt["step"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
@@ -258,9 +260,11 @@ class Trainer:
             )
 
     def _log(self, message: str) -> None:
+        if not self.show_progress:
+            return
         if self.progress is not None:
             self.progress.console.log(message)
-        elif self.show_progress:
+        else:
             self.console.log(message)
 
     # --- the loop -----------------------------------------------------------------------------
@@ -329,10 +333,7 @@ class Trainer:
         _, loss = self.model(x, y)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
-            raise TrainingDiverged(
-                f"training loss became {loss_value} at step {self.step}; the last good checkpoint is kept "
-                f"in {self.run_dir / CHECKPOINT} (lower trainer.lr or check the strategy)"
-            )
+            self._diverged(f"training loss became {loss_value}")
         loss.backward()
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -356,7 +357,17 @@ class Trainer:
         if is_eval or self.step % t.log_interval == 0:
             self._write_metrics_row(lr, tot.last_val_loss if is_eval else None)
         if self.step % t.checkpoint_interval == 0 or is_last:
+            if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+                self._diverged("weights became NaN or infinite")
             self.save_checkpoint()
+
+    def _diverged(self, what: str) -> None:
+        kept = (
+            f"the last good checkpoint (step {self.last_checkpoint_step}) is kept in {self.run_dir / CHECKPOINT}"
+            if self.last_checkpoint_step is not None
+            else "no checkpoint had been written yet"
+        )
+        raise TrainingDiverged(f"{what} at step {self.step}; {kept} (lower trainer.lr or check the strategy)")
 
     def _write_metrics_row(self, lr: float, val_loss: float | None) -> None:
         tot = self.totals
