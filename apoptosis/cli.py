@@ -25,7 +25,9 @@ console = Console()
 
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", help="override a setting: section.key=value (e.g. model.n_layer=2, strategy.prune_rate=0.05)"),
+    typer.Option(
+        "--set", help="override a setting: section.key=value (e.g. model.n_layer=2, strategy.prune_rate=0.05)"
+    ),
 ]
 
 
@@ -44,7 +46,12 @@ def build_config(
     config = RunConfig.from_toml_file(config_file) if config_file else RunConfig()
     if strategy is not None and strategy != config.strategy.name:
         config.strategy = StrategyConfig(name=strategy)
-    for key, value in (("trainer.steps", steps), ("trainer.seed", seed), ("data.path", data), ("trainer.device", device)):
+    for key, value in (
+        ("trainer.steps", steps),
+        ("trainer.seed", seed),
+        ("data.path", data),
+        ("trainer.device", device),
+    ):
         if value is not None:
             config.set(key, value, source=f"--{key.split('.')[1]}")
     for assignment in sets or []:

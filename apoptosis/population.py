@@ -132,9 +132,7 @@ class NeuronPopulation:
         slots, parent_slots = _as_index(slots), _as_index(parent_slots)
         incoming = self.mutate(self.incoming()[parent_slots], mutation_strength, generator)
         out = self._children_outgoing(parent_slots, outgoing)
-        return self.replace(
-            slots, incoming, out, step=step, parents=[(int(p),) for p in parent_slots], cause=cause
-        )
+        return self.replace(slots, incoming, out, step=step, parents=[(int(p),) for p in parent_slots], cause=cause)
 
     @torch.no_grad()
     def crossover(

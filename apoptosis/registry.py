@@ -86,8 +86,7 @@ class Registry(Generic[T]):
             obj = ep.load()
         except Exception as e:  # any failure of third-party code must not break the others
             warnings.warn(
-                f"{self.kind} plugin {ep.name!r} ({ep.value}) failed to load and is skipped: "
-                f"{type(e).__name__}: {e}",
+                f"{self.kind} plugin {ep.name!r} ({ep.value}) failed to load and is skipped: {type(e).__name__}: {e}",
                 PluginWarning,
                 stacklevel=3,
             )

@@ -46,9 +46,7 @@ def sparkline(ages: np.ndarray, step: int, bins: int = 10) -> str:
 
 
 def ages_table(lineage: Lineage, step: int) -> Table:
-    table = Table(
-        title=f"Neuron ages at step {step} (gen = max generation, div = age diversity)", title_justify="left"
-    )
+    table = Table(title=f"Neuron ages at step {step} (gen = max generation, div = age diversity)", title_justify="left")
     table.add_column("layer")
     for name in ("neurons", "founders", "mean", "median", "max", "gen", "div", "deaths"):
         table.add_column(name, justify="right", no_wrap=True)

@@ -255,9 +255,7 @@ class Trainer:
             before = after
         if changed:
             self.totals.disruptions.append(before - first)
-            self._log(
-                f"step {self.step}: {kind} event {self.totals.events}, probe loss {first:.4f} -> {before:.4f}"
-            )
+            self._log(f"step {self.step}: {kind} event {self.totals.events}, probe loss {first:.4f} -> {before:.4f}")
 
     def _log(self, message: str) -> None:
         if not self.show_progress:
@@ -443,4 +441,3 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[GPT, CharVocab
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, CharVocab(ckpt["vocab"]), ckpt
-

@@ -16,7 +16,9 @@ from apoptosis.strategy import Strategy, TrainingContext
 
 @dataclass
 class StandardParams(StrategyParams):
-    prune_rate: float = param(0.10, low=0.0, high=0.5, search=(0.01, 0.3), help="share of each layer replaced per event")
+    prune_rate: float = param(
+        0.10, low=0.0, high=0.5, search=(0.01, 0.3), help="share of each layer replaced per event"
+    )
     interval: int = param(500, low=1, high=1_000_000, search=(50, 2000), log=True, help="steps between events")
     mutation_strength: float = param(
         0.3, low=0.0, high=10.0, search=(0.0, 1.0), help="child noise, in units of the parent's weight RMS"

@@ -15,9 +15,11 @@ def one_step_with_hidden(metric: str):
     c = make_colony(metric)
     seen = {}
     for i, block in enumerate(c.model.blocks):
+
         def hook(module, inputs, h, i=i):
             h.retain_grad()
             seen[i] = h
+
         block.mlp.gate.register_forward_hook(hook)
     x = torch.randint(20, (4, 8), generator=torch.Generator().manual_seed(1))
     _, loss = c.model(x, x)

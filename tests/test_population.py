@@ -105,7 +105,6 @@ def test_grow_split_preserves_outputs_extends_state_and_keeps_training() -> None
     c.train_steps(3)
     pop = c.populations[1]
     mlp = pop.mlp
-    old_fc = mlp.fc.weight.detach().clone()
     old_m = moments(c, mlp.fc.weight)[0].clone()
     fc_weight_object = mlp.fc.weight
     x = torch.randint(20, (2, 8))

@@ -91,7 +91,8 @@ def test_outgoing_modes() -> None:
         c.train_steps(1)
         set_fitness(c, 0, torch.arange(32))
         strategy = build_strategy(
-            "standard", {"prune_rate": 0.1, "maturity": 0, "mutation_strength": 0.0, "outgoing": mode, "parent_pool": 0.01}
+            "standard",
+            {"prune_rate": 0.1, "maturity": 0, "mutation_strength": 0.0, "outgoing": mode, "parent_pool": 0.01},
         )
         pop = c.populations[0]
         ctx, _ = context(c, step=500)

@@ -92,7 +92,9 @@ class _Poison(Strategy):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     STRATEGIES.register(_Poison)
     try:
-        trainer = Trainer(tiny_run_config(tmp_path, steps=40, strategy="_poison"), tmp_path / "run", show_progress=False)
+        trainer = Trainer(
+            tiny_run_config(tmp_path, steps=40, strategy="_poison"), tmp_path / "run", show_progress=False
+        )
         with pytest.raises(TrainingDiverged, match=r"at step 16; the last good checkpoint \(step 10\)"):
             trainer.fit()
     finally:
