@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -41,6 +42,8 @@ def build_config(
     sets: list[str] | None,
 ) -> RunConfig:
     """Defaults, then the config file, then the named options, then ``--set`` in order."""
+    from apoptosis.data import DEFAULT_CORPUS
+    from apoptosis.registry import FITNESS_METRICS
     from apoptosis.strategy import build_strategy
 
     config = RunConfig.from_toml_file(config_file) if config_file else RunConfig()
@@ -56,8 +59,11 @@ def build_config(
             config.set(key, value, source=f"--{key.split('.')[1]}")
     for assignment in sets or []:
         config.set(*parse_set_option(assignment))
+    if config.data.path != DEFAULT_CORPUS:  # saved with the run, so resume works from any folder
+        config.data.path = str(Path(config.data.path).resolve())
     config.validate()
     build_strategy(config.strategy.name, config.strategy.params)  # fail now, not after loading data
+    FITNESS_METRICS.get(config.fitness.metric)
     return config
 
 
@@ -106,10 +112,14 @@ def strategies(
 ) -> None:
     """List the registered strategies with their parameters, defaults and ranges."""
     from apoptosis.registry import STRATEGIES
+    from apoptosis.strategy import Strategy
 
     listing = []
     for strategy_name in STRATEGIES.names(pattern):
         cls = STRATEGIES.get(strategy_name)
+        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+            warnings.warn(f"strategy plugin {strategy_name!r} is {cls!r}, not a Strategy: skipped", stacklevel=1)
+            continue
         listing.append(
             {"name": strategy_name, "description": getattr(cls, "description", ""), "parameters": cls.Params.describe()}
         )
@@ -137,6 +147,21 @@ def ages(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs/N
     from apoptosis.report import print_ages
 
     print_ages(run_dir, console)
+
+
+@app.command()
+def summarize(
+    run_dirs: Annotated[list[Path], typer.Argument(help="finished run folders, e.g. runs/exp-*")],
+    csv: Annotated[Path | None, typer.Option(help="also write one row per run to this CSV file")] = None,
+) -> None:
+    """Mean and spread over runs (seeds) of each strategy's results."""
+    from apoptosis.io import atomic_write_text
+    from apoptosis.report import runs_frame, strategies_table
+
+    frame = runs_frame(run_dirs)
+    console.print(strategies_table(frame))
+    if csv is not None:
+        atomic_write_text(csv, frame.to_csv(index=False))
 
 
 @app.command()

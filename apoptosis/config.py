@@ -7,6 +7,7 @@ so a run can always be rebuilt (model widths included) from what it wrote.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -82,8 +83,8 @@ class TrainerConfig:
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "trainer.beta1 and trainer.beta2 must be in [0, 1)")
         _check(self.grad_clip >= 0, "trainer.grad_clip must be >= 0")
         _check(
-            self.device == "cpu" or self.device.startswith("cuda"),
-            f"trainer.device must be cpu or cuda[:N], got {self.device!r}",
+            re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
+            f"trainer.device must be cpu, cuda or cuda:N, got {self.device!r}",
         )
 
 

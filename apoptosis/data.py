@@ -22,6 +22,7 @@ _SPEAKER = re.compile(r"^\*\*(?P<name>[^*]+)\*\*$")
 _HEADING = re.compile(r"^#+\s*")
 _ESCAPE = re.compile(r"\\(.)")
 _EMPHASIS = re.compile(r"[*_]")
+_ESCAPED = re.compile("\ue000(\\d+)\ue001")  # placeholder for an escaped character's code point
 
 
 def markdown_play_to_text(markdown: str) -> str:
@@ -35,8 +36,8 @@ def markdown_play_to_text(markdown: str) -> str:
             out.append(speaker.group("name").strip() + ":")
             continue
         line = _HEADING.sub("", line)
-        line = _EMPHASIS.sub("", _ESCAPE.sub(lambda m: "\x00" + m.group(1), line))
-        out.append(line.replace("\x00", "").strip())
+        line = _EMPHASIS.sub("", _ESCAPE.sub(lambda m: f"\ue000{ord(m.group(1))}\ue001", line))
+        out.append(_ESCAPED.sub(lambda m: chr(int(m.group(1))), line).strip())
     text = "\n".join(out)
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 

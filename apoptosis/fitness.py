@@ -24,13 +24,13 @@ class FitnessMetric:
     name: ClassVar[str]
     description: ClassVar[str] = ""
     needs_grad: ClassVar[bool] = False
-    accumulates: ClassVar[bool] = True
+    generator: torch.Generator  # set by the tracker, for metrics that draw random numbers
 
     def step_value(self, h: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
         """h, grad: (B, T, width) -> (width,)."""
         raise NotImplementedError
 
-    def score(self, average: torch.Tensor, mlp: MLP, generator: torch.Generator) -> torch.Tensor:
+    def score(self, average: torch.Tensor, mlp: MLP) -> torch.Tensor:
         return average
 
 
@@ -58,18 +58,17 @@ class Contribution(Activation):
     name = "contribution"
     description = "mean |h| x L1 norm of the outgoing weights (continual backprop's utility)"
 
-    def score(self, average: torch.Tensor, mlp: MLP, generator: torch.Generator) -> torch.Tensor:
+    def score(self, average: torch.Tensor, mlp: MLP) -> torch.Tensor:
         return average * mlp.proj.weight.detach().abs().sum(dim=0)
 
 
 @register_fitness_metric
 class RandomFitness(FitnessMetric):
     name = "random"
-    description = "uniform random scores: a control for every other metric"
-    accumulates = False
+    description = "average of uniform noise: a control for every other metric, at the same cost"
 
-    def score(self, average: torch.Tensor, mlp: MLP, generator: torch.Generator) -> torch.Tensor:
-        return torch.rand(mlp.width, generator=generator).to(average.device)
+    def step_value(self, h: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
+        return torch.rand(h.shape[-1], generator=self.generator).to(h.device)
 
 
 class FitnessTracker:
@@ -80,6 +79,7 @@ class FitnessTracker:
         self.metric: FitnessMetric = FITNESS_METRICS.get(metric)()
         self.ema_decay = ema_decay
         self.generator = torch.Generator().manual_seed(seed)
+        self.metric.generator = self.generator  # the metric's random stream, checkpointed here
         device = next(model.parameters()).device
         self.sums = [torch.zeros(w, device=device) for w in model.mlp_widths()]
         self.weights = [torch.zeros(w, device=device) for w in model.mlp_widths()]
@@ -91,7 +91,7 @@ class FitnessTracker:
 
     def attach(self) -> None:
         """Start watching training steps (forward passes with grad enabled, in train mode)."""
-        if self._handles or not self.metric.accumulates:
+        if self._handles:
             return
         for layer, mlp in enumerate(self.mlps):
             self._handles.append(mlp.gate.register_forward_hook(self._make_hook(layer)))
@@ -124,7 +124,7 @@ class FitnessTracker:
         """Fitness of every neuron of ``layer`` (0 for neurons with no history yet), on the CPU."""
         w = self.weights[layer]
         average = torch.where(w > 0, self.sums[layer] / w.clamp_min(1e-12), torch.zeros_like(w))
-        return self.metric.score(average, self.mlps[layer], self.generator).float().cpu()
+        return self.metric.score(average, self.mlps[layer]).float().cpu()
 
     # --- kept aligned with the population's surgery --------------------------------------------
 

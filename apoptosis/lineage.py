@@ -111,8 +111,9 @@ class Lineage:
         return float(-(p * np.log(p)).sum() / np.log(bins))
 
     def founders_share(self, layer: int | None = None) -> float:
+        """Share of the living neurons that were there at step 0."""
         living = self.living(layer)
-        return sum(r.generation == 0 for r in living) / max(len(living), 1)
+        return sum(r.birth_step == 0 and not r.parents for r in living) / max(len(living), 1)
 
     def max_generation(self, layer: int | None = None) -> int:
         return max((r.generation for r in self.living(layer)), default=0)

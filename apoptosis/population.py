@@ -123,7 +123,7 @@ class NeuronPopulation:
         """Replace ``slots`` by mutated children of ``parent_slots`` (one parent per child).
 
         child incoming = parent's + mutation_strength x RMS(parent's) x N(0, 1) (the bias is
-        mutated with the layer's bias RMS). outgoing: ``zero`` (the child starts silent),
+        mutated with the RMS of the parents' biases). outgoing: ``zero`` (the child starts silent),
         ``split`` (parent and its children share the parent's outgoing weights equally, so with
         no mutation the layer's output is unchanged) or ``copy`` (the child gets them whole).
         """
@@ -213,15 +213,15 @@ class NeuronPopulation:
     def shrink(self, slots: torch.Tensor, *, step: int, cause: str) -> None:
         """Remove the neurons in ``slots``; the others move down to fill the gaps, in order."""
         slots = _as_index(slots)
-        fit = self.fitness()
-        ids = self.ids()
-        for slot in slots.tolist():
-            self.lineage.death(ids[slot], step, cause, float(fit[slot]))
         keep = torch.ones(self.width, dtype=torch.bool)
         keep[slots] = False
         keep_slots = keep.nonzero().squeeze(1)
         if len(keep_slots) == 0:
             raise ValueError("a layer cannot shrink to zero neurons")
+        fit = self.fitness()
+        ids = self.ids()
+        for slot in slots.tolist():
+            self.lineage.death(ids[slot], step, cause, float(fit[slot]))
         dev_keep = keep_slots.to(self.mlp.fc.weight.device)
         self._resize(lambda t, dim: t.index_select(dim, dev_keep))
         self.fitness_tracker.keep(self.layer, dev_keep)

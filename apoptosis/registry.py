@@ -32,6 +32,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self.group = group
         self._entries: dict[str, T] = {}
+        self._failed: set[str] = set()  # entry points that failed: warned about once
         self._all_plugins_loaded = False
 
     def register(self, obj: T | None = None, *, name: str | None = None) -> T | Callable[[T], T]:
@@ -54,7 +55,7 @@ class Registry(Generic[T]):
         """The plugin called ``name``; loads only its entry point if it is not registered yet."""
         if name not in self._entries:
             for ep in self._entry_points():
-                if ep.name == name:
+                if ep.name == name and name not in self._failed:
                     self._load(ep)
         if name not in self._entries:
             self._load_all()
@@ -78,13 +79,14 @@ class Registry(Generic[T]):
             return
         self._all_plugins_loaded = True
         for ep in self._entry_points():
-            if ep.name not in self._entries:
+            if ep.name not in self._entries and ep.name not in self._failed:
                 self._load(ep)
 
     def _load(self, ep: EntryPoint) -> None:
         try:
             obj = ep.load()
         except Exception as e:  # any failure of third-party code must not break the others
+            self._failed.add(ep.name)
             warnings.warn(
                 f"{self.kind} plugin {ep.name!r} ({ep.value}) failed to load and is skipped: {type(e).__name__}: {e}",
                 PluginWarning,
@@ -96,6 +98,7 @@ class Registry(Generic[T]):
     def forget_plugins(self) -> None:
         """Look at the entry points again on next use (after installing a plugin at run time)."""
         self._all_plugins_loaded = False
+        self._failed.clear()
 
 
 STRATEGIES: Registry[type] = Registry("strategy", "apoptosis.strategies")

@@ -46,8 +46,14 @@ def sparkline(ages: np.ndarray, step: int, bins: int = 10) -> str:
 
 
 def ages_table(lineage: Lineage, step: int) -> Table:
-    table = Table(title=f"Neuron ages at step {step} (gen = max generation, div = age diversity)", title_justify="left")
-    table.add_column("layer")
+    table = Table(
+        title=f"Neuron ages at step {step} (gen = max generation, div = age diversity)",
+        title_justify="left",
+        padding=(0, 1),
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    table.add_column("layer", no_wrap=True, min_width=3)
     for name in ("neurons", "founders", "mean", "median", "max", "gen", "div", "deaths"):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column(f"ages 0..{step}", no_wrap=True)
@@ -125,3 +131,42 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
 
 def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def runs_frame(run_dirs: list[Path]) -> pd.DataFrame:
+    """One row per finished run (its summary.json), with the run folder's name."""
+    rows = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "summary.json"
+        if not path.exists():
+            raise ApoptosisError(f"{run_dir} has no summary.json: is it a finished run folder?")
+        rows.append({"run": Path(run_dir).name, **json.loads(path.read_text(encoding="utf-8"))})
+    return pd.DataFrame(rows)
+
+
+def strategies_table(frame: pd.DataFrame) -> Table:
+    """Mean and standard deviation over runs (seeds) of each strategy's main results."""
+    measures = [
+        ("final_val_loss", "val loss", ".4f"),
+        ("final_train_loss", "train loss", ".4f"),
+        ("train_loss_variance_last20", "variance", ".5f"),
+        ("mean_event_disruption", "disruption", "+.4f"),
+        ("age_diversity", "age div", ".3f"),
+        ("tokens_per_s", "tok/s", ",.0f"),
+    ]
+    table = Table(title="Runs by strategy: mean ± std over runs", title_justify="left")
+    table.add_column("strategy")
+    table.add_column("runs", justify="right")
+    for _, header, _ in measures:
+        table.add_column(header, justify="right", no_wrap=True)
+    for strategy, group in frame.groupby("strategy", sort=True):
+        cells = []
+        for column, _, fmt in measures:
+            values = group[column].dropna().astype(float)
+            if values.empty:
+                cells.append("-")
+            else:
+                std = values.std(ddof=1) if len(values) > 1 else float("nan")
+                cells.append(f"{format(values.mean(), fmt)} ± {abs(std):{fmt.lstrip('+')}}")
+        table.add_row(str(strategy), str(len(group)), *cells)
+    return table

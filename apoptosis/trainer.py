@@ -67,6 +67,7 @@ class RunTotals:
     pending_tokens: int = 0
     pending_time_s: float = 0.0
     last_val_loss: float | None = None
+    last_train_loss: float | None = None
 
 
 class Trainer:
@@ -147,11 +148,11 @@ class Trainer:
         """After a resume: drop metric rows and events written after the checkpoint's step."""
         metrics = self.run_dir / "metrics.csv"
         lines = metrics.read_text(encoding="utf-8").splitlines()
-        kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
+        kept = [lines[0]] + [ln for ln in lines[1:] if _complete_row(ln) and int(ln.split(",", 1)[0]) <= step]
         atomic_write_text(metrics, "\n".join(kept) + "\n")
         events = self.run_dir / "events.jsonl"
         if events.exists():
-            kept = [ln for ln in events.read_text(encoding="utf-8").splitlines() if json.loads(ln)["step"] <= step]
+            kept = [ln for ln in events.read_text(encoding="utf-8").splitlines() if _event_step(ln) <= step]
             atomic_write_text(events, "".join(ln + "\n" for ln in kept))
 
     # --- checkpoints --------------------------------------------------------------------------
@@ -224,7 +225,7 @@ class Trainer:
     # --- events -------------------------------------------------------------------------------
 
     def _run_event(self, kind: str, surgery: Surgery) -> None:
-        self.totals.events += 1
+        number = self.totals.events + 1
         first = before = self.probe_loss()
         changed = False
         for pop in self.populations:
@@ -238,7 +239,7 @@ class Trainer:
             self.totals.neurons_replaced += len(dead)
             self.totals.neurons_born += len(born)
             record = {
-                "event": self.totals.events,
+                "event": number,
                 "step": self.step,
                 "kind": kind,
                 "layer": pop.layer,
@@ -254,6 +255,7 @@ class Trainer:
             self._append("events.jsonl", json.dumps(record))
             before = after
         if changed:
+            self.totals.events = number
             self.totals.disruptions.append(before - first)
             self._log(f"step {self.step}: {kind} event {self.totals.events}, probe loss {first:.4f} -> {before:.4f}")
 
@@ -316,7 +318,7 @@ class Trainer:
         tot = self.totals
         tps = tot.tokens / tot.train_time_s if tot.train_time_s > 0 else 0.0
         val = "-" if tot.last_val_loss is None else f"{tot.last_val_loss:.3f}"
-        loss = f"{tot.pending_losses[-1]:.3f}" if tot.pending_losses else "-"
+        loss = "-" if tot.last_train_loss is None else f"{tot.last_train_loss:.3f}"
         return {"loss": loss, "val": val, "tps": f"{tps:,.0f}", "events": tot.events}
 
     def _train_step(self, ctx: TrainingContext) -> None:
@@ -345,6 +347,7 @@ class Trainer:
         tot.train_time_s += elapsed
         tot.tokens += n_tokens
         tot.pending_losses.append(loss_value)
+        tot.last_train_loss = loss_value
         tot.pending_tokens += n_tokens
         tot.pending_time_s += elapsed
         is_last = self.step == t.steps
@@ -393,7 +396,7 @@ class Trainer:
             "steps": self.step,
             "final_train_loss": train_loss,
             "final_val_loss": val_loss,
-            "train_loss_variance_last20": float(tail.var(ddof=0)) if len(tail) else None,
+            "train_loss_variance_last20": float(tail.var(ddof=0)) if len(tail) > 1 else None,
             "tokens_per_s": tot.tokens / tot.train_time_s if tot.train_time_s > 0 else None,
             "events": tot.events,
             "neurons_replaced": tot.neurons_replaced,
@@ -415,6 +418,19 @@ class Trainer:
         self.lineage.write_csv(self.run_dir / "lineage.csv")
         plot_run(self.run_dir)
         return summary
+
+
+def _complete_row(line: str) -> bool:
+    """False for a metrics row cut short by a kill."""
+    return len(line.split(",")) == len(METRIC_COLUMNS) and line.split(",", 1)[0].isdigit()
+
+
+def _event_step(line: str) -> float:
+    """The step of an events.jsonl line; a line cut short by a kill counts as after any step."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 def read_metrics(run_dir: str | Path):

@@ -46,8 +46,13 @@ def test_activation_and_contribution() -> None:
 
 def test_random_metric_is_a_seeded_control() -> None:
     a, b = make_colony("random"), make_colony("random")
+    a.train_steps(1)
+    b.train_steps(1)
     sa, sb = a.fitness.scores(0), b.fitness.scores(0)
-    assert torch.equal(sa, sb) and sa.std() > 0.1 and not torch.equal(sa, a.fitness.scores(0))
+    assert torch.equal(sa, sb) and sa.std() > 0.1  # same seed, same scores; spread like U(0, 1)
+    assert torch.equal(sa, a.fitness.scores(0))  # stable between steps: what is recorded is what was used
+    a.train_steps(1, seed=1)
+    assert not torch.equal(sa, a.fitness.scores(0))
 
 
 def test_ema_is_bias_corrected_and_reset_per_slot() -> None:
