@@ -1,0 +1,56 @@
+"""Console summaries read what the runs wrote."""
+
+from __future__ import annotations
+
+import pytest
+from rich.console import Console
+
+from apoptosis.errors import ApoptosisError
+from apoptosis.report import ages_table, load_lineage, runs_frame, sparkline, strategies_table
+from apoptosis.trainer import Trainer
+from tests.conftest import tiny_run_config
+
+
+def render(table) -> str:
+    console = Console(record=True, width=160)
+    console.print(table)
+    return console.export_text()
+
+
+def test_summarize_groups_runs_by_strategy_with_spread(tmp_path) -> None:
+    runs = []
+    for strategy, seed in (("none", 1), ("none", 2), ("standard", 1)):
+        config = tiny_run_config(tmp_path, steps=20, strategy=strategy)
+        config.trainer.seed = seed
+        if strategy == "standard":
+            config.strategy.params = {"interval": 10, "maturity": 0}
+        run = tmp_path / f"{strategy}-{seed}"
+        Trainer(config, run, show_progress=False).fit()
+        runs.append(run)
+    frame = runs_frame(runs)
+    assert list(frame["strategy"]) == ["none", "none", "standard"]
+    text = render(strategies_table(frame))
+    none_row = next(line for line in text.splitlines() if line.strip("│┃ ").startswith("none"))
+    mean = frame[frame.strategy == "none"]["final_val_loss"].mean()
+    assert f"{mean:.4f} ±" in none_row and " 2 " in none_row
+    with pytest.raises(ApoptosisError, match="no summary.json"):
+        runs_frame([tmp_path])
+
+
+def test_ages_from_a_killed_run_use_the_checkpoint(tmp_path) -> None:
+    config = tiny_run_config(tmp_path, steps=20, interval=10, maturity=0)
+    run = tmp_path / "run"
+    trainer = Trainer(config, run, show_progress=False)
+    trainer.fit()
+    (run / "summary.json").unlink()  # as if killed before the end: only the checkpoint remains
+    lineage, step = load_lineage(run)
+    assert step == 20 and len(lineage.records) == len(trainer.lineage.records)
+    text = render(ages_table(lineage, step))
+    assert "Neuron ages at step 20" in text and "all" in text
+
+
+def test_sparkline_marks_empty_bins_and_scales_to_the_fullest() -> None:
+    import numpy as np
+
+    line = sparkline(np.array([0, 0, 0, 0, 95]), step=100)
+    assert len(line) == 10 and line[0] == "█" and line[-1] == "▃" and line[5] == " "
