@@ -141,6 +141,13 @@ class CharDataset:
                 )
         return cls(vocab=vocab, train=train, val=val, block_size=block_size)
 
+    def unigram_loss(self) -> float:
+        """Cross-entropy (nats/char) of the val split under the train split's character
+        frequencies (add-one smoothed): the loss a model with no context would get."""
+        counts = torch.bincount(self.train, minlength=len(self.vocab)).double() + 1.0
+        log_p = (counts / counts.sum()).log()
+        return float(-log_p[self.val].mean())
+
     def batch(
         self, split: str, batch_size: int, generator: torch.Generator, device: str | torch.device = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -108,7 +108,7 @@ class Lineage:
             return 0.0
         counts, _ = np.histogram(ages, bins=bins, range=(0, step))
         p = counts[counts > 0] / counts.sum()
-        return float(-(p * np.log(p)).sum() / np.log(bins))
+        return max(0.0, float(-(p * np.log(p)).sum() / np.log(bins)))  # max: no -0.0
 
     def founders_share(self, layer: int | None = None) -> float:
         """Share of the living neurons that were there at step 0."""

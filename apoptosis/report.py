@@ -116,6 +116,7 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
         ("steps", f"{summary['steps']}"),
         ("final train loss", f"{summary['final_train_loss']:.4f}"),
         ("final val loss", f"{summary['final_val_loss']:.4f}"),
+        ("unigram val loss (no context)", f"{summary['unigram_val_loss']:.4f}"),
         ("train loss variance (last 20%)", _num(summary["train_loss_variance_last20"], ".5f")),
         ("tokens/s", _num(summary["tokens_per_s"], ",.0f")),
         ("events", f"{summary['events']}"),

@@ -396,6 +396,7 @@ class Trainer:
             "steps": self.step,
             "final_train_loss": train_loss,
             "final_val_loss": val_loss,
+            "unigram_val_loss": self.data.unigram_loss(),
             "train_loss_variance_last20": float(tail.var(ddof=0)) if len(tail) > 1 else None,
             "tokens_per_s": tot.tokens / tot.train_time_s if tot.train_time_s > 0 else None,
             "events": tot.events,

@@ -276,3 +276,14 @@ def test_directory_is_not_a_file(tmp_path: Path) -> None:
     folder = tmp_path / "folder.txt"
     folder.mkdir()
     assert "not a file" in _error(folder)
+
+
+def test_unigram_loss_is_the_context_free_cross_entropy() -> None:
+    import math
+
+    from apoptosis.data import CharDataset
+
+    ds = CharDataset.from_text("ab" * 200, block_size=4)
+    assert math.isclose(ds.unigram_loss(), math.log(2), rel_tol=1e-2)
+    skewed = CharDataset.from_text("aaab" * 100, block_size=4)
+    assert skewed.unigram_loss() < math.log(2)
