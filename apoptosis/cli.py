@@ -22,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Neuron-level evolution inside a char-level transformer.",
 )
-console = Console()
+console = Console(log_path=False)
 
 SetOption = Annotated[
     list[str] | None,

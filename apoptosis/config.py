@@ -18,6 +18,7 @@ from typing import Any
 import tomli_w
 
 from apoptosis.errors import ApoptosisError
+from apoptosis.params import type_word
 
 
 @dataclass
@@ -207,12 +208,8 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
     else:
         ok = isinstance(value, hint)
     if not ok:
-        raise ApoptosisError(f"{source}: {key} must be {_type_word(hint)}, got {value!r}")
+        raise ApoptosisError(f"{source}: {key} must be {type_word(hint)}, got {value!r}")
     return value
-
-
-def _type_word(hint: Any) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
 def _check(ok: bool, message: str) -> None:

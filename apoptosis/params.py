@@ -69,7 +69,7 @@ class StrategyParams:
                 value = float(value)
                 setattr(self, f.name, value)
             if not _is_type(value, hint):
-                raise ApoptosisError(f"parameter {f.name} must be {_type_word(hint)}, got {value!r}")
+                raise ApoptosisError(f"parameter {f.name} must be {type_word(hint)}, got {value!r}")
             spec = f.metadata.get("spec")
             if spec is not None and not spec.contains(value):
                 raise ApoptosisError(f"parameter {f.name}={value!r} is out of range: allowed {spec.allowed(f.name)}")
@@ -97,7 +97,7 @@ class StrategyParams:
             rows.append(
                 {
                     "name": f.name,
-                    "type": _type_word(hints[f.name]),
+                    "type": type_word(hints[f.name]),
                     "default": f.default,
                     "allowed": spec.allowed(f.name),
                     "low": spec.low,
@@ -122,5 +122,6 @@ def _is_type(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
-def _type_word(hint: Any) -> str:
+def type_word(hint: Any) -> str:
+    """How an error message names a type: "an integer", "a number", ..."""
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))

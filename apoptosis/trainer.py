@@ -81,7 +81,7 @@ class Trainer:
         show_progress: bool = True,
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.console = console or Console()
+        self.console = console or Console(log_path=False)
         self.show_progress = show_progress
         checkpoint = self._read_checkpoint() if resume else None
         if checkpoint is not None:
