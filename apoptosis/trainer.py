@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from apoptosis.config import RunConfig
 from apoptosis.data import CharDataset, CharVocab, load_corpus
@@ -290,13 +290,12 @@ class Trainer:
         self.strategy.on_train_begin(ctx)
         columns = [
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=16),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"),
             TextColumn("val {task.fields[val]}"),
             TextColumn("{task.fields[tps]} tok/s"),
             TextColumn("events {task.fields[events]}"),
-            TimeElapsedColumn(),
             TimeRemainingColumn(),
         ]
         with Progress(*columns, console=self.console, disable=not self.show_progress, transient=False) as progress:
