@@ -3,14 +3,12 @@ each is replaced by a mutated child of a parent drawn from the fittest neurons."
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-
-import torch
 
 from apoptosis.params import StrategyParams, param
 from apoptosis.population import OUTGOING_MODES, NeuronPopulation
 from apoptosis.registry import register_strategy
+from apoptosis.strategies.selection import select_deaths, select_parents
 from apoptosis.strategy import Strategy, TrainingContext
 
 
@@ -28,29 +26,6 @@ class StandardParams(StrategyParams):
         0.2, low=0.01, high=1.0, search=(0.05, 0.5), help="share of the fittest living neurons that may breed"
     )
     outgoing: str = param("zero", choices=OUTGOING_MODES, help="child's outgoing weights: zero, split or copy")
-
-
-def select_deaths(pop: NeuronPopulation, step: int, rate: float, maturity: int) -> torch.Tensor:
-    """Slots of the ``rate`` share of the layer with the lowest fitness among mature neurons."""
-    eligible = pop.mature(step, maturity)
-    n = min(int(round(rate * pop.width)), int(eligible.sum()))
-    if n == 0:
-        return torch.empty(0, dtype=torch.long)
-    fitness = torch.where(eligible, pop.fitness(), torch.full((pop.width,), math.inf))
-    return torch.argsort(fitness, stable=True)[:n]
-
-
-def select_parents(
-    pop: NeuronPopulation, n: int, exclude: torch.Tensor, pool_share: float, generator: torch.Generator
-) -> torch.Tensor:
-    """``n`` parents drawn uniformly (with replacement) from the fittest ``pool_share`` of the
-    living neurons that are not in ``exclude``."""
-    candidates = pop.active().clone()
-    candidates[exclude] = False
-    fitness = torch.where(candidates, pop.fitness(), torch.full((pop.width,), -math.inf))
-    pool_size = max(1, math.ceil(pool_share * int(candidates.sum())))
-    pool = torch.argsort(fitness, descending=True, stable=True)[:pool_size]
-    return pool[torch.randint(len(pool), (n,), generator=generator)]
 
 
 @register_strategy

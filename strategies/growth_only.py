@@ -1,0 +1,49 @@
+"""``growth_only``: every ``interval`` steps each layer grows by ``growth_rate`` of its width, up
+to ``max_width``; nothing dies. Newborns are split from fit parents Net2Net-style (the parent's
+outgoing weights are shared with the child), so with no mutation growth leaves the model's
+outputs unchanged. The population resizes ``fc``, ``proj`` and the optimizer state."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from apoptosis.params import StrategyParams, param
+from apoptosis.population import NeuronPopulation
+from apoptosis.registry import register_strategy
+from apoptosis.strategies.selection import select_parents
+from apoptosis.strategy import Strategy, TrainingContext
+
+
+@dataclass
+class GrowthOnlyParams(StrategyParams):
+    growth_rate: float = param(0.05, low=0.0, high=1.0, search=(0.01, 0.2), help="share of the width added per event")
+    interval: int = param(500, low=1, high=1_000_000, search=(50, 2000), log=True, help="steps between events")
+    max_width: int = param(1024, low=1, high=1_000_000, search=(256, 2048), log=True, help="no layer grows past this")
+    mutation_strength: float = param(
+        0.0, low=0.0, high=10.0, search=(0.0, 1.0), help="child noise, in units of the parent's weight RMS"
+    )
+    parent_pool: float = param(
+        0.2, low=0.01, high=1.0, search=(0.05, 0.5), help="share of the fittest living neurons that may split"
+    )
+
+
+@register_strategy
+class GrowthOnly(Strategy):
+    name = "growth_only"
+    description = "layers widen by splitting fit neurons (Net2Net), up to max_width; nothing dies"
+    Params = GrowthOnlyParams
+
+    def on_step_end(self, ctx: TrainingContext) -> None:
+        if ctx.step % self.params.interval == 0 and ctx.step < ctx.total_steps:
+            ctx.event(self.name, lambda pop: self.grow(pop, ctx))
+
+    def grow(self, pop: NeuronPopulation, ctx: TrainingContext) -> None:
+        p = self.params
+        k = min(math.ceil(p.growth_rate * pop.width), p.max_width - pop.width)
+        if k <= 0:
+            return
+        parents = select_parents(pop, k, torch.empty(0, dtype=torch.long), p.parent_pool, ctx.generator)
+        pop.grow(k, step=ctx.step, parent_slots=parents, mutation_strength=p.mutation_strength, generator=ctx.generator)
