@@ -165,6 +165,44 @@ def summarize(
 
 
 @app.command()
+def compare(
+    strategies: Annotated[str, typer.Option(help="comma-separated strategy names, e.g. none,standard,hybrid")],
+    seeds: Annotated[int, typer.Option(help="seeds 1..N for every strategy")] = 3,
+    steps: Annotated[int | None, typer.Option(help="training steps per run")] = None,
+    name: Annotated[str | None, typer.Option(help="comparison folder name (default: time)")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="folder holding run folders")] = Path("runs"),
+    data: Annotated[str | None, typer.Option(help="UTF-8 text file (default: Shakespeare's plays)")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config file for every run")] = None,
+    set_: SetOption = None,
+    workers: Annotated[int, typer.Option(help="runs in parallel processes")] = 1,
+) -> None:
+    """Every strategy under one config and the same seeds: compare.csv, a table against `none`
+    with Welch 95% intervals, and plots. `--set strategy.X=v` goes to the strategies that have X."""
+    from apoptosis.compare import compare as run_comparison
+    from apoptosis.compare import comparison_tables
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    if not names or len(set(names)) != len(names):
+        raise ApoptosisError(f"--strategies needs distinct comma-separated names, got {strategies!r}")
+    strategy_sets = {}
+    other_sets = []
+    for assignment in set_ or []:
+        key, value = parse_set_option(assignment)
+        if key.startswith("strategy."):
+            strategy_sets[key.removeprefix("strategy.")] = value
+        else:
+            other_sets.append(assignment)
+    base = build_config(config, "none", steps, None, data, device, other_sets)
+    name = name or f"{time.strftime('%Y%m%d-%H%M%S')}-compare"
+    out_dir = runs_dir / name
+    frame = run_comparison(base, names, seeds, strategy_sets, out_dir, workers, console)
+    for table in comparison_tables(frame, f"{name} ({base.trainer.steps} steps, seeds 1..{seeds})"):
+        console.print(table)
+    console.print(f"Comparison folder: {out_dir} (compare.csv, val_loss.png, ages.png)")
+
+
+@app.command()
 def sample(
     run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs/NAME")],
     chars: Annotated[int, typer.Option(help="characters to generate")] = 500,

@@ -1,0 +1,201 @@
+"""``apoptosis compare``: every strategy under one config and the same seeds, side by side.
+
+Each (strategy, seed) is an ordinary run in ``runs/<name>/<strategy>-s<seed>/``; runs go to
+parallel worker processes when asked. The table sets each strategy against ``none`` with a
+Welch 95% confidence interval, so a difference is only called one when the seeds agree.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from scipy import stats
+
+from apoptosis.config import RunConfig, StrategyConfig
+from apoptosis.errors import ApoptosisError
+from apoptosis.io import atomic_write_text
+
+BASELINE = "none"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    strategy: str
+    seed: int
+    run_dir: Path
+    config: RunConfig
+
+
+def plan_runs(
+    base: RunConfig, strategies: list[str], seeds: list[int], strategy_sets: dict[str, Any], out_dir: Path
+) -> list[PlannedRun]:
+    """One config per (strategy, seed). ``strategy_sets`` (from ``--set strategy.X=...``) go to
+    every strategy that has parameter X; one that no strategy has is an error."""
+    from apoptosis.strategy import build_strategy
+
+    known = {name: {row["name"] for row in build_strategy(name).Params.describe()} for name in strategies}
+    unused = [key for key in strategy_sets if not any(key in params for params in known.values())]
+    if unused:
+        raise ApoptosisError(f"no compared strategy has parameter {unused[0]!r} (--set strategy.{unused[0]})")
+    runs = []
+    for strategy in strategies:
+        params = {k: v for k, v in strategy_sets.items() if k in known[strategy]}
+        build_strategy(strategy, params)  # validate before any run starts
+        for seed in seeds:
+            config = copy.deepcopy(base)
+            config.strategy = StrategyConfig(name=strategy, params=params)
+            config.trainer.seed = seed
+            runs.append(PlannedRun(strategy, seed, out_dir / f"{strategy}-s{seed}", config))
+    return runs
+
+
+def _run_one(run: PlannedRun, threads: int | None) -> dict[str, Any]:
+    import torch
+
+    from apoptosis.trainer import Trainer
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    summary = Trainer(run.config, run.run_dir, show_progress=False).fit()
+    return {"strategy": run.strategy, "seed": run.seed, "run": run.run_dir.name, **summary}
+
+
+def run_all(runs: list[PlannedRun], workers: int, console: Console) -> pd.DataFrame:
+    """Run everything (``workers`` processes, each with its share of the CPU threads)."""
+    rows: list[dict[str, Any]] = []
+    columns = [TextColumn("[bold]compare"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("runs", total=len(runs))
+        if workers <= 1:
+            for run in runs:
+                rows.append(_run_one(run, None))
+                progress.console.log(f"{run.run_dir.name}: val loss {rows[-1]['final_val_loss']:.4f}")
+                progress.advance(task)
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(_run_one, run, threads): run for run in runs}
+                for future in as_completed(futures):
+                    rows.append(future.result())
+                    progress.console.log(f"{futures[future].run_dir.name}: val loss {rows[-1]['final_val_loss']:.4f}")
+                    progress.advance(task)
+    return pd.DataFrame(rows).sort_values(["strategy", "seed"]).reset_index(drop=True)
+
+
+def welch_interval(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """mean(a) - mean(b) with its Welch confidence interval (nan bounds when n < 2)."""
+    diff = float(np.mean(a) - np.mean(b))
+    if len(a) < 2 or len(b) < 2:
+        return diff, float("nan"), float("nan")
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    se = float(np.sqrt(va + vb))
+    if se == 0:
+        return diff, diff, diff
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, dof)) * se
+    return diff, diff - half, diff + half
+
+
+def comparison_tables(frame: pd.DataFrame, title: str) -> list[Table]:
+    """Two tables that fit a terminal: final validation loss against the baseline, then the
+    mechanics (variance of the training loss, events, disruption, ages, speed)."""
+    losses = Table(
+        title=f"{title}: final validation loss\n(≈: the Welch 95% interval of the difference contains 0)",
+        title_justify="left",
+    )
+    for i, header in enumerate(["strategy", "seeds", "mean ± std", f"Δ vs {BASELINE}", "95% CI", ""]):
+        losses.add_column(header, justify="left" if i in (0, 5) else "right", no_wrap=True)
+    mechanics = Table(title=f"{title}: mechanics (means over seeds)", title_justify="left")
+    for i, header in enumerate(["strategy", "variance", "events", "replaced", "disruption", "age div", "tok/s"]):
+        mechanics.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
+    baseline = frame[frame.strategy == BASELINE]["final_val_loss"].to_numpy()
+    for strategy, group in frame.groupby("strategy", sort=False):
+        val = group["final_val_loss"].to_numpy()
+        delta, interval, verdict = "-", "-", ""
+        if strategy != BASELINE and len(baseline):
+            diff, low, high = welch_interval(val, baseline)
+            delta = f"{diff:+.4f}"
+            if not np.isnan(low):
+                interval = f"[{low:+.4f}, {high:+.4f}]"
+                verdict = "[green]better" if high < 0 else "[red]worse" if low > 0 else "≈"
+        spread = f" ± {val.std(ddof=1):.4f}" if len(val) > 1 else ""
+        losses.add_row(str(strategy), f"{len(group)}", f"{val.mean():.4f}{spread}", delta, interval, verdict)
+        disruption = group["mean_event_disruption"].dropna()
+        mechanics.add_row(
+            str(strategy),
+            f"{group['train_loss_variance_last20'].mean():.5f}",
+            f"{group['events'].mean():.0f}",
+            f"{group['neurons_replaced'].mean():.0f}",
+            f"{disruption.mean():+.4f}" if len(disruption) else "-",
+            f"{group['age_diversity'].mean():.3f}",
+            f"{group['tokens_per_s'].mean():,.0f}",
+        )
+    return [losses, mechanics]
+
+
+def plot_comparison(frame: pd.DataFrame, out_dir: Path) -> None:
+    """val_loss.png (mean curve per strategy with its spread over seeds, dotted lines at events)
+    and ages.png (ages of the living neurons at the end, per strategy)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from apoptosis.plots import _save
+    from apoptosis.trainer import read_events, read_metrics
+
+    curves, ages, event_steps = [], [], set()
+    for row in frame.itertuples():
+        run_dir = out_dir / row.run
+        metrics = read_metrics(run_dir).dropna(subset=["val_loss"])
+        curves.append(metrics.assign(strategy=row.strategy, seed=row.seed))
+        lineage = pd.read_csv(run_dir / "lineage.csv")
+        living = lineage[lineage["death_step"].isna()]
+        ages.append(pd.DataFrame({"strategy": row.strategy, "age": row.steps - living["birth_step"]}))
+        event_steps |= {e["step"] for e in read_events(run_dir)}
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    sns.lineplot(data=pd.concat(curves), x="step", y="val_loss", hue="strategy", errorbar="sd", ax=ax)
+    for step in sorted(event_steps):
+        ax.axvline(step, color="grey", linestyle=":", linewidth=1)
+    ax.set_title("validation loss (mean ± sd over seeds); dotted: event steps")
+    _save(fig, out_dir / "val_loss.png")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    sns.boxplot(data=pd.concat(ages), x="strategy", y="age", ax=ax)
+    ax.set_title("ages of the living neurons at the end of each run")
+    _save(fig, out_dir / "ages.png")
+
+
+def compare(
+    base: RunConfig,
+    strategies: list[str],
+    seeds: int,
+    strategy_sets: dict[str, Any],
+    out_dir: Path,
+    workers: int,
+    console: Console,
+) -> pd.DataFrame:
+    if seeds < 1:
+        raise ApoptosisError(f"--seeds must be >= 1, got {seeds}")
+    if workers < 1:
+        raise ApoptosisError(f"--workers must be >= 1, got {workers}")
+    if (out_dir / "compare.csv").exists():
+        raise ApoptosisError(f"{out_dir} already holds a comparison: choose another --name")
+    runs = plan_runs(base, strategies, list(range(1, seeds + 1)), strategy_sets, out_dir)
+    for run in runs:
+        if (run.run_dir / "config.toml").exists():
+            raise ApoptosisError(f"run folder {run.run_dir} already holds a run: choose another --name")
+    frame = run_all(runs, workers, console)
+    order = {name: i for i, name in enumerate(strategies)}
+    frame = frame.sort_values(["strategy", "seed"], key=lambda c: c.map(order) if c.name == "strategy" else c)
+    atomic_write_text(out_dir / "compare.csv", frame.to_csv(index=False))
+    plot_comparison(frame, out_dir)
+    return frame

@@ -1,0 +1,68 @@
+"""apoptosis compare: plans, runs in parallel, and reports differences with honest intervals."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from apoptosis.compare import plan_runs, welch_interval
+from apoptosis.config import RunConfig
+from apoptosis.errors import ApoptosisError
+from tests.conftest import TINY_TEXT
+
+
+def test_welch_interval_matches_scipy() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 0.1, 5), rng.normal(1.2, 0.3, 4)
+    diff, low, high = welch_interval(a, b)
+    result = stats.ttest_ind(a, b, equal_var=False)
+    ci = result.confidence_interval(0.95)
+    assert diff == pytest.approx(a.mean() - b.mean())
+    assert (low, high) == pytest.approx((ci.low, ci.high))
+    assert np.isnan(welch_interval(a[:1], b)[1])
+
+
+def test_plan_sends_strategy_settings_only_where_they_exist(tmp_path: Path) -> None:
+    runs = plan_runs(
+        RunConfig(), ["none", "standard", "hybrid"], [1, 2], {"prune_rate": 0.05, "interval": 50}, tmp_path
+    )
+    assert [(r.strategy, r.seed) for r in runs] == [(s, k) for s in ("none", "standard", "hybrid") for k in (1, 2)]
+    params = {r.strategy: r.config.strategy.params for r in runs}
+    assert params == {"none": {}, "standard": {"prune_rate": 0.05, "interval": 50}, "hybrid": {"interval": 50}}
+    assert {r.config.trainer.seed for r in runs} == {1, 2}
+    with pytest.raises(ApoptosisError, match="no compared strategy has parameter 'nope'"):
+        plan_runs(RunConfig(), ["none", "standard"], [1], {"nope": 1}, tmp_path)
+    with pytest.raises(ApoptosisError, match="prune_rate"):
+        plan_runs(RunConfig(), ["standard"], [1], {"prune_rate": 0.9}, tmp_path)
+
+
+def test_compare_cli_runs_every_strategy_and_seed_in_parallel(tmp_path: Path) -> None:
+    data = tmp_path / "tiny.txt"
+    data.write_text(TINY_TEXT, encoding="utf-8")
+    sets = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.d_ff=64", "model.block_size=16",
+            "trainer.batch_size=4", "trainer.eval_interval=10", "trainer.eval_batches=2",
+            "strategy.interval=10", "strategy.maturity=5"]  # fmt: skip
+    cmd = [sys.executable, "-m", "apoptosis.cli", "compare", "--strategies", "none,standard,hybrid", "--seeds", "2",
+           "--steps", "30", "--data", str(data), "--name", "cmp", "--runs-dir", str(tmp_path), "--workers", "2"]  # fmt: skip
+    for s in sets:
+        cmd += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    frame = pd.read_csv(tmp_path / "cmp" / "compare.csv")
+    assert list(frame.strategy) == ["none", "none", "standard", "standard", "hybrid", "hybrid"]
+    assert list(frame.seed) == [1, 2] * 3
+    assert (frame[frame.strategy == "none"].events == 0).all()
+    assert (frame[frame.strategy != "none"].events == 2).all()
+    for name in ("val_loss.png", "ages.png", "standard-s2/summary.json"):
+        assert (tmp_path / "cmp" / name).is_file()
+    assert "Δ vs none" in done.stdout and "hybrid" in done.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 2 and "already holds a comparison" in again.stderr
