@@ -49,8 +49,9 @@ def test_compare_cli_runs_every_strategy_and_seed_in_parallel(tmp_path: Path) ->
     sets = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.d_ff=64", "model.block_size=16",
             "trainer.batch_size=4", "trainer.eval_interval=10", "trainer.eval_batches=2",
             "strategy.interval=10", "strategy.maturity=5"]  # fmt: skip
-    cmd = [sys.executable, "-m", "apoptosis.cli", "compare", "--strategies", "none,standard,hybrid", "--seeds", "2",
-           "--steps", "30", "--data", str(data), "--name", "cmp", "--runs-dir", str(tmp_path), "--workers", "2"]  # fmt: skip
+    cmd = [sys.executable, "-m", "apoptosis.cli", "compare", "--strategies", "none,standard,hybrid",
+           "--seeds", "2", "--steps", "30", "--data", str(data), "--name", "cmp", "--runs-dir", str(tmp_path),
+           "--workers", "2"]  # fmt: skip
     for s in sets:
         cmd += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
