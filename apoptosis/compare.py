@@ -117,7 +117,8 @@ def comparison_tables(frame: pd.DataFrame, title: str) -> list[Table]:
     for i, header in enumerate(["strategy", "seeds", "mean ± std", f"Δ vs {BASELINE}", "95% CI", ""]):
         losses.add_column(header, justify="left" if i in (0, 5) else "right", no_wrap=True)
     mechanics = Table(title=f"{title}: mechanics (means over seeds)", title_justify="left")
-    for i, header in enumerate(["strategy", "variance", "events", "replaced", "disruption", "age div", "tok/s"]):
+    headers = ["strategy", "variance", "events", "replaced", "disrupt.", "|disrupt.|", "age div", "tok/s"]
+    for i, header in enumerate(headers):
         mechanics.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
     baseline = frame[frame.strategy == BASELINE]["final_val_loss"].to_numpy()
     for strategy, group in frame.groupby("strategy", sort=False):
@@ -138,6 +139,7 @@ def comparison_tables(frame: pd.DataFrame, title: str) -> list[Table]:
             f"{group['events'].mean():.0f}",
             f"{group['neurons_replaced'].mean():.0f}",
             f"{disruption.mean():+.4f}" if len(disruption) else "-",
+            f"{group['mean_abs_event_disruption'].dropna().mean():.4f}" if len(disruption) else "-",
             f"{group['age_diversity'].mean():.3f}",
             f"{group['tokens_per_s'].mean():,.0f}",
         )

@@ -402,6 +402,7 @@ class Trainer:
             "neurons_replaced": tot.neurons_replaced,
             "neurons_born": tot.neurons_born,
             "mean_event_disruption": float(np.mean(tot.disruptions)) if tot.disruptions else None,
+            "mean_abs_event_disruption": float(np.mean(np.abs(tot.disruptions))) if tot.disruptions else None,
             "age_diversity": self.lineage.age_diversity(self.step),
             "founders_share": self.lineage.founders_share(),
             "max_generation": self.lineage.max_generation(),
