@@ -20,12 +20,10 @@ Every ``interval`` steps (never on the last step), in each layer:
 
 The input buffer is filled by forward pre-hooks on every MLP, registered in ``on_train_begin``
 and removed in ``on_train_end``; it records only training forwards (module in training mode
-with gradients enabled), not evaluation or probe batches. It is *not* saved in checkpoints:
-after ``--resume`` it is empty and refills with every training step, so an event fewer than
-``buffer_batches`` steps after a resume fits on the batches seen since, and an event before any
-training step (buffer empty) falls back to no fitting (a mutated child with zero outgoing
-weights, as ``standard``'s default). A resumed run therefore matches an uninterrupted one
-exactly only when at least ``buffer_batches`` steps pass between the resume and the next event.
+with gradients enabled), not evaluation or probe batches. It is saved in checkpoints (a few MB
+at the default size), so a resumed run fits on the same inputs as an uninterrupted one. An
+event with an empty buffer (before any training step) falls back to no fitting: a mutated child
+with zero outgoing weights, as ``standard``'s default.
 """
 
 from __future__ import annotations
@@ -90,13 +88,23 @@ class FunctionalPreservation(Strategy):
         """Record the inputs of every population's MLP (replacing any earlier hooks)."""
         self.detach()
         for pop in populations:
-            buffer = self.buffers.setdefault(pop.layer, deque(maxlen=self.params.buffer_batches))
+            device = pop.mlp.fc.weight.device
+            restored = [x.to(device) for x in self.buffers.get(pop.layer, [])]  # after a resume
+            buffer = self.buffers[pop.layer] = deque(restored, maxlen=self.params.buffer_batches)
 
             def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], buffer=buffer) -> None:
                 if module.training and torch.is_grad_enabled():
                     buffer.append(inputs[0].detach())
 
             self._hooks.append(pop.mlp.register_forward_pre_hook(record))
+
+    def state_dict(self) -> dict[str, list[torch.Tensor]]:
+        return {"buffers": {layer: [x.cpu() for x in buffer] for layer, buffer in self.buffers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffers = {
+            int(layer): deque(batches, maxlen=self.params.buffer_batches) for layer, batches in state["buffers"].items()
+        }
 
     def detach(self) -> None:
         for handle in self._hooks:

@@ -154,8 +154,13 @@ class Killed(Exception):
     pass
 
 
-def test_resume_refills_the_buffer_and_finishes(tmp_path: Path) -> None:
-    """The buffer is not checkpointed: an event one step after a resume fits on that one batch."""
+def test_resume_restores_the_buffer_and_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    """The input buffer is checkpointed: an event one step after a resume fits on the same inputs."""
+    reference = Trainer(
+        tiny_run_config(tmp_path, steps=40, strategy="functional_preservation", interval=7, maturity=5),
+        tmp_path / "reference",
+        show_progress=False,
+    ).fit()
     config = tiny_run_config(tmp_path, steps=40, strategy="functional_preservation", interval=7, maturity=5)
     first = Trainer(config, tmp_path / "run", show_progress=False)
     on_step_end = first.strategy.on_step_end
@@ -175,6 +180,8 @@ def test_resume_refills_the_buffer_and_finishes(tmp_path: Path) -> None:
     assert resumed.strategy._hooks == []
     event_21 = [e for e in read_events(tmp_path / "run") if e["step"] == 21]
     assert event_21 and all(len(e["born_ids"]) > 0 for e in event_21)
+    assert read_events(tmp_path / "run") == read_events(tmp_path / "reference")
+    assert summary["final_val_loss"] == reference["final_val_loss"]
 
 
 @pytest.mark.parametrize(
