@@ -115,11 +115,28 @@ def comparison_tables(frame: pd.DataFrame, title: str) -> list[Table]:
         title_justify="left",
     )
     for i, header in enumerate(["strategy", "seeds", "mean ± std", f"Δ vs {BASELINE}", "95% CI", ""]):
-        losses.add_column(header, justify="left" if i in (0, 5) else "right", no_wrap=True)
-    mechanics = Table(title=f"{title}: mechanics (means over seeds)", title_justify="left")
-    headers = ["strategy", "variance", "events", "replaced", "disrupt.", "|disrupt.|", "age div", "tok/s"]
+        losses.add_column(
+            header,
+            justify="left" if i in (0, 5) else "right",
+            no_wrap=i > 0,
+            overflow="fold",
+            min_width=12 if i == 0 else None,
+        )
+    mechanics = Table(
+        title=f"{title}: mechanics (means over seeds)\n(var: train-loss variance over the last 20% of steps; "
+        "died: neurons replaced; disr: probe-loss change per event)",
+        title_justify="left",
+        pad_edge=False,
+    )
+    headers = ["strategy", "var", "events", "died", "disr", "|disr|", "age div", "tok/s"]
     for i, header in enumerate(headers):
-        mechanics.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
+        mechanics.add_column(
+            header,
+            justify="left" if i == 0 else "right",
+            no_wrap=i > 0,
+            overflow="fold",
+            min_width=12 if i == 0 else None,
+        )
     baseline = frame[frame.strategy == BASELINE]["final_val_loss"].to_numpy()
     for strategy, group in frame.groupby("strategy", sort=False):
         val = group["final_val_loss"].to_numpy()
