@@ -39,6 +39,11 @@ class TrainingContext:
         """Run ``surgery`` on every layer's population as one recorded event."""
         self._run_event(kind, surgery)
 
+    def every(self, interval: int) -> bool:
+        """True on steps that are multiples of ``interval``, except the last step (an event
+        there would change the final model with no training after it)."""
+        return self.step % interval == 0 and self.step < self.total_steps
+
     def log(self, message: str) -> None:
         """A line printed above the progress bar."""
         self._log(message)

@@ -100,7 +100,7 @@ class Crossover(Strategy):
 
     def on_step_end(self, ctx: TrainingContext) -> None:
         p = self.params
-        if ctx.step % p.interval == 0 and ctx.step < ctx.total_steps:
+        if ctx.every(p.interval):
             ctx.event(self.name, lambda pop: self.evolve(pop, ctx))
 
     def evolve(self, pop: NeuronPopulation, ctx: TrainingContext) -> None:

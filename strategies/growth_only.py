@@ -37,7 +37,7 @@ class GrowthOnly(Strategy):
     Params = GrowthOnlyParams
 
     def on_step_end(self, ctx: TrainingContext) -> None:
-        if ctx.step % self.params.interval == 0 and ctx.step < ctx.total_steps:
+        if ctx.every(self.params.interval):
             ctx.event(self.name, lambda pop: self.grow(pop, ctx))
 
     def grow(self, pop: NeuronPopulation, ctx: TrainingContext) -> None:

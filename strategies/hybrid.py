@@ -35,7 +35,7 @@ class Hybrid(Strategy):
     Params = HybridParams
 
     def on_step_end(self, ctx: TrainingContext) -> None:
-        if ctx.step % self.params.interval == 0 and ctx.step < ctx.total_steps:
+        if ctx.every(self.params.interval):
             ctx.event(self.name, lambda pop: self.turn_over(pop, ctx))
 
     def turn_over(self, pop: NeuronPopulation, ctx: TrainingContext) -> None:

@@ -49,7 +49,7 @@ class RandomDeath(Strategy):
 
     def on_step_end(self, ctx: TrainingContext) -> None:
         # No event at the last step: nothing would train (or be measured) after it.
-        if ctx.step % self.params.interval == 0 and ctx.step < ctx.total_steps:
+        if ctx.every(self.params.interval):
             ctx.event(self.name, lambda pop: self.turnover(pop, ctx))
 
     def on_train_end(self, ctx: TrainingContext) -> None:
