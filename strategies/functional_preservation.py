@@ -36,23 +36,12 @@ import torch
 from apoptosis.params import StrategyParams, param
 from apoptosis.population import NeuronPopulation
 from apoptosis.registry import register_strategy
-from apoptosis.strategies.selection import select_deaths, select_parents
+from apoptosis.strategies.selection import ReplacementParams, select_deaths, select_parents
 from apoptosis.strategy import Strategy, TrainingContext
 
 
 @dataclass
-class FunctionalPreservationParams(StrategyParams):
-    prune_rate: float = param(
-        0.10, low=0.0, high=0.5, search=(0.01, 0.3), help="share of each layer replaced per event"
-    )
-    interval: int = param(500, low=1, high=1_000_000, search=(50, 2000), log=True, help="steps between events")
-    mutation_strength: float = param(
-        0.3, low=0.0, high=10.0, search=(0.0, 1.0), help="child noise, in units of the parent's weight RMS"
-    )
-    maturity: int = param(250, low=0, high=1_000_000, search=(0, 1000), help="steps a neuron lives before it can die")
-    parent_pool: float = param(
-        0.2, low=0.01, high=1.0, search=(0.05, 0.5), help="share of the fittest living neurons that may breed"
-    )
+class FunctionalPreservationParams(ReplacementParams):
     preservation_steps: int = param(
         50, low=0, high=10_000, search=(0, 200), help="Adam steps fitting the newborns to the dying neurons' output"
     )

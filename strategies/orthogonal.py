@@ -27,31 +27,20 @@ from dataclasses import dataclass
 
 import torch
 
-from apoptosis.params import StrategyParams, param
+from apoptosis.params import param
 from apoptosis.population import NeuronPopulation
 from apoptosis.registry import register_strategy
-from apoptosis.strategies.selection import select_deaths
+from apoptosis.strategies.selection import ReplacementParams, select_deaths
 from apoptosis.strategy import Strategy, TrainingContext
 
 
 @dataclass
-class OrthogonalParams(StrategyParams):
-    prune_rate: float = param(
-        0.10, low=0.0, high=0.5, search=(0.01, 0.3), help="share of each layer replaced per event"
-    )
-    interval: int = param(500, low=1, high=1_000_000, search=(50, 2000), log=True, help="steps between events")
-    maturity: int = param(250, low=0, high=1_000_000, search=(0, 1000), help="steps a neuron lives before it can die")
-    mutation_strength: float = param(
-        0.3, low=0.0, high=10.0, search=(0.0, 1.0), help="child noise, in units of the parent's weight RMS"
-    )
+class OrthogonalParams(ReplacementParams):
     candidate_share: float = param(
         0.3, low=0.0, high=1.0, search=(0.1, 0.6), help="share of the layer (least fit mature) that may die"
     )
     diversity_weight: float = param(
         0.5, low=0.0, high=1.0, help="weight of redundancy against low fitness in the death score"
-    )
-    parent_pool: float = param(
-        0.2, low=0.01, high=1.0, search=(0.05, 0.5), help="share of the fittest survivors that may breed"
     )
     temperature: float = param(
         0.05, low=1e-4, high=100.0, search=(0.005, 1.0), log=True, help="softmax temperature of parent choice"
