@@ -24,6 +24,15 @@ app = typer.Typer(
 )
 console = Console(log_path=False)
 
+
+def _add_search_commands() -> None:
+    from apoptosis.search.cli import search_app
+
+    app.add_typer(search_app, name="search")
+
+
+_add_search_commands()
+
 SetOption = Annotated[
     list[str] | None,
     typer.Option(

@@ -169,7 +169,7 @@ def plot_comparison(frame: pd.DataFrame, out_dir: Path) -> None:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from apoptosis.plots import _save
+    from apoptosis.plots import save_figure
     from apoptosis.trainer import read_events, read_metrics
 
     curves, ages, event_steps = [], [], set()
@@ -186,11 +186,11 @@ def plot_comparison(frame: pd.DataFrame, out_dir: Path) -> None:
     for step in sorted(event_steps):
         ax.axvline(step, color="grey", linestyle=":", linewidth=1)
     ax.set_title("validation loss (mean ± sd over seeds); dotted: event steps")
-    _save(fig, out_dir / "val_loss.png")
+    save_figure(fig, out_dir / "val_loss.png")
     fig, ax = plt.subplots(figsize=(8, 4.5))
     sns.boxplot(data=pd.concat(ages), x="strategy", y="age", ax=ax)
     ax.set_title("ages of the living neurons at the end of each run")
-    _save(fig, out_dir / "ages.png")
+    save_figure(fig, out_dir / "ages.png")
 
 
 def compare(

@@ -15,7 +15,7 @@ import seaborn as sns  # noqa: E402
 from apoptosis.io import atomic_write  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def save_figure(fig: plt.Figure, path: Path) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
 
@@ -49,7 +49,7 @@ def plot_run(run_dir: str | Path) -> None:
     metrics = read_metrics(run_dir)
     events = read_events(run_dir)
     name = run_dir.name
-    _save(plot_losses(metrics, [e["step"] for e in events], f"{name}: loss"), run_dir / "loss.png")
+    save_figure(plot_losses(metrics, [e["step"] for e in events], f"{name}: loss"), run_dir / "loss.png")
     lineage = pd.read_csv(run_dir / "lineage.csv")
     step = int(metrics["step"].max()) if len(metrics) else 0
-    _save(plot_ages(lineage, step, f"{name}: neuron ages at step {step}"), run_dir / "ages.png")
+    save_figure(plot_ages(lineage, step, f"{name}: neuron ages at step {step}"), run_dir / "ages.png")

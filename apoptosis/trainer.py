@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,12 @@ class Trainer:
         resume: bool = False,
         console: Console | None = None,
         show_progress: bool = True,
+        on_evaluate: Callable[[int, float], None] | None = None,
     ) -> None:
+        """``on_evaluate(step, val_loss)`` is called after every evaluation (a search reports
+        intermediate values through it; an exception it raises stops the run)."""
         self.run_dir = Path(run_dir)
+        self.on_evaluate = on_evaluate
         self.console = console or Console(log_path=False)
         self.show_progress = show_progress
         checkpoint = self._read_checkpoint() if resume else None
@@ -354,6 +359,8 @@ class Trainer:
         if is_eval:
             _, tot.last_val_loss = self.evaluate()
             self.strategy.on_evaluate(ctx, tot.last_val_loss)
+            if self.on_evaluate is not None:
+                self.on_evaluate(self.step, tot.last_val_loss)
         if is_eval or self.step % t.log_interval == 0:
             self._write_metrics_row(lr, tot.last_val_loss if is_eval else None)
         if self.step % t.checkpoint_interval == 0 or is_last:
