@@ -194,3 +194,38 @@ def taguchi_command(
     started = time.perf_counter()
     run_taguchi(spec, array, workers, console, confirm=confirm)
     console.print(f"wall time {time.perf_counter() - started:.1f} s")
+
+
+@search_app.command("compare")
+def compare_command(
+    factors: Annotated[Path, typer.Option(help="TOML factors file: Taguchi's levels, and the ranges Optuna searches")],
+    name: Annotated[str | None, typer.Option(help="comparison folder name (default: time)")] = None,
+    array: Annotated[str | None, typer.Option(help="orthogonal array (default: the smallest that fits)")] = None,
+    trials: Annotated[int | None, typer.Option(help="trials for TPE and random (default: the array's rows + 1)")] = None,
+    repeats: Annotated[int, typer.Option(help="independent repeats (sampler seeds and noise seeds)")] = 3,
+    steps: Steps = 600,
+    seeds: Seeds = 1,
+    objective: ObjectiveOpt = "synthetic",
+    runs_dir: RunsDir = Path("runs"),
+    data: Data = None,
+    device: Device = None,
+    config: ConfigFile = None,
+    set_: SetOpt = None,
+) -> None:
+    """Taguchi (one array + confirmation) against Optuna TPE and random search with the same
+    number of trials, on the same objective and seeds: best value found, value re-measured on
+    fresh seeds (and the true value on the synthetic objective), wall time."""
+    from apoptosis.cli import build_config, console
+    from apoptosis.search.compare import compare_searches, compare_table
+    from apoptosis.search.space import Factors
+
+    _check_objective(objective)
+    _check_counts(steps, seeds)
+    factor_file = Factors.from_toml_file(factors)
+    base = factor_file.base_config(build_config(config, None, steps, None, data, device, set_))
+    name = name or f"{time.strftime('%Y%m%d-%H%M%S')}-search-compare"
+    out_dir = runs_dir / name
+    frame = compare_searches(factor_file, base, objective, steps, seeds, array, trials, repeats, out_dir, console)
+    title = f"{name}: {objective} objective, {repeats} repeats, {seeds} seed(s) per trial (mean ± sd over repeats)"
+    console.print(compare_table(frame, title))
+    console.print(f"Comparison folder: {out_dir} (search_compare.csv, one study folder per method and repeat)")

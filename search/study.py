@@ -74,7 +74,15 @@ class StudySpec:
 
     @property
     def storage_label(self) -> str:
-        return self.storage or str(self.study_dir / JOURNAL_FILE)
+        """Where the study lives, fit to print: a database URL without its password."""
+        if self.storage is None:
+            return str(self.study_dir / JOURNAL_FILE)
+        from sqlalchemy.engine import make_url
+
+        try:
+            return make_url(self.storage).render_as_string(hide_password=True)
+        except Exception:  # not parseable: say so without echoing it
+            return "(unparseable database URL)"
 
 
 def open_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
@@ -90,14 +98,17 @@ def open_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
             "leave it out to use the journal file in the study folder"
         )
     try:
-        return RDBStorage(
-            spec.storage,
-            heartbeat_interval=spec.heartbeat_s,
-            grace_period=2 * spec.heartbeat_s,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=spec.retries),
-        )
+        with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna; we rely on them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                spec.storage,
+                heartbeat_interval=spec.heartbeat_s,
+                grace_period=2 * spec.heartbeat_s,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=spec.retries),
+            )
     except Exception as e:  # a bad URL or an unreachable server: the driver's own message says which
-        raise ApoptosisError(f"cannot open --storage {spec.storage}: {type(e).__name__}: {e}".splitlines()[0]) from None
+        reason = f"{type(e).__name__}: {e}".splitlines()[0]
+        raise ApoptosisError(f"cannot open --storage {spec.storage_label}: {reason}") from None
 
 
 def load_study(spec: StudySpec, storage: optuna.storages.BaseStorage, worker: int = 0) -> optuna.Study:
@@ -248,7 +259,8 @@ def run_workers(spec: StudySpec, workers: int, on_poll: Callable[[], None]) -> l
     for p in procs:
         p.start()
     try:
-        while any(p.is_alive() for p in procs):  # is_alive also reaps a dead child, so its pid is freed
+        while any([p.is_alive() for p in procs]):  # every child polled: is_alive reaps a dead one, so
+            # its pid disappears and the other workers see that its trial has lost its worker
             on_poll()
             time.sleep(POLL_SECONDS)
     except BaseException:
@@ -278,7 +290,7 @@ def trials_frame(study: optuna.Study):
             {
                 "number": t.number,
                 "state": t.state.name,
-                "value": t.value,
+                "value": t.value if t.state == TrialState.COMPLETE else None,
                 **{f"params_{k}": v for k, v in attrs.get("settings", t.params).items()},
                 "seed_values": json.dumps(attrs.get("seed_values")) if "seed_values" in attrs else None,
                 "seconds": attrs.get("seconds"),
