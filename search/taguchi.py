@@ -66,8 +66,6 @@ def run_taguchi(
     study = coordinate(spec, plan, workers, console)
     if workers == 0:
         return None
-    frame = trials_frame(study)
-    atomic_write_text(spec.study_dir / "trials.csv", frame.to_csv(index=False))
     results = replicate_frame(study, levels, array.runs)
     rows = ta.per_row(results, levels)
     anova_sn = ta.anova(rows, levels)
@@ -86,6 +84,7 @@ def run_taguchi(
     atomic_write_text(spec.study_dir / "best.toml", config.to_toml())
     if confirm:
         result.confirmation = confirmation_run(study, spec, best, console)
+    atomic_write_text(spec.study_dir / "trials.csv", trials_frame(study).to_csv(index=False))
     write_results(result, spec)
     print_results(result, console)
     console.print(
