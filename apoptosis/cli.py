@@ -25,13 +25,16 @@ app = typer.Typer(
 console = Console(log_path=False)
 
 
-def _add_search_commands() -> None:
+def _add_command_groups() -> None:
+    """Commands defined beside their subject: ``search ...`` and the Lazarus commands."""
+    from apoptosis.lazarus_cli import register
     from apoptosis.search.cli import search_app
 
     app.add_typer(search_app, name="search")
+    register(app)
 
 
-_add_search_commands()
+_add_command_groups()
 
 SetOption = Annotated[
     list[str] | None,
