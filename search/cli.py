@@ -201,7 +201,9 @@ def compare_command(
     factors: Annotated[Path, typer.Option(help="TOML factors file: Taguchi's levels, and the ranges Optuna searches")],
     name: Annotated[str | None, typer.Option(help="comparison folder name (default: time)")] = None,
     array: Annotated[str | None, typer.Option(help="orthogonal array (default: the smallest that fits)")] = None,
-    trials: Annotated[int | None, typer.Option(help="trials for TPE and random (default: the array's rows + 1)")] = None,
+    trials: Annotated[
+        int | None, typer.Option(help="trials for TPE and random (default: the array's rows + 1)")
+    ] = None,
     repeats: Annotated[int, typer.Option(help="independent repeats (sampler seeds and noise seeds)")] = 3,
     steps: Steps = 600,
     seeds: Seeds = 1,

@@ -66,7 +66,9 @@ def compare_searches(
                 base=base,
                 steps=steps,
                 seeds=run_seeds,
-                space=LevelSpace(factors.levels) if method == "taguchi" else SearchSpace.from_levels(factors.levels, base),
+                space=(
+                    LevelSpace(factors.levels) if method == "taguchi" else SearchSpace.from_levels(factors.levels, base)
+                ),
                 sampler=method if method != "taguchi" else "random",
                 sampler_seed=repeat,
                 pruner="none",
