@@ -47,6 +47,7 @@ SetOption = Annotated[
 def build_config(
     config_file: Path | None,
     strategy: str | None,
+    then: str | None,
     steps: int | None,
     seed: int | None,
     data: str | None,
@@ -61,6 +62,8 @@ def build_config(
     config = RunConfig.from_toml_file(config_file) if config_file else RunConfig()
     if strategy is not None and strategy != config.strategy.name:
         config.strategy = StrategyConfig(name=strategy)
+    if then is not None and then != config.then.name:
+        config.then = StrategyConfig(name=then)
     for key, value in (
         ("trainer.steps", steps),
         ("trainer.seed", seed),
@@ -75,6 +78,10 @@ def build_config(
         config.data.path = str(Path(config.data.path).resolve())
     config.validate()
     build_strategy(config.strategy.name, config.strategy.params)  # fail now, not after loading data
+    if config.then.name:
+        build_strategy(config.then.name, config.then.params, follower=True)
+    elif config.then.params:
+        raise ApoptosisError(f"then.{next(iter(config.then.params))} is set but no follower is: add --then NAME")
     FITNESS_METRICS.get(config.fitness.metric)
     return config
 
@@ -82,6 +89,9 @@ def build_config(
 @app.command()
 def train(
     strategy: Annotated[str | None, typer.Option(help="strategy name (see `apoptosis strategies`)")] = None,
+    then: Annotated[
+        str | None, typer.Option(help="a follower run after each event, e.g. lazarus (its settings: --set then.X=v)")
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="training steps")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
     name: Annotated[str | None, typer.Option(help="run name (default: time and strategy)")] = None,
@@ -100,14 +110,14 @@ def train(
     if resume:
         if name is None:
             raise ApoptosisError("--resume needs --name RUN (the run folder to continue)")
-        changed = [opt for opt, v in (("--strategy", strategy), ("--steps", steps), ("--seed", seed),
+        changed = [opt for opt, v in (("--strategy", strategy), ("--then", then), ("--steps", steps), ("--seed", seed),
                    ("--data", data), ("--device", device), ("--config", config), ("--set", set_)) if v]  # fmt: skip
         if changed:
             raise ApoptosisError(f"--resume continues a run with its saved config; drop {', '.join(changed)}")
         run_config = RunConfig()
     else:
-        run_config = build_config(config, strategy, steps, seed, data, device, set_)
-        name = name or f"{time.strftime('%Y%m%d-%H%M%S')}-{run_config.strategy.name}"
+        run_config = build_config(config, strategy, then, steps, seed, data, device, set_)
+        name = name or f"{time.strftime('%Y%m%d-%H%M%S')}-{run_config.strategy_label}"
     run_dir = runs_dir / name
     trainer = Trainer(run_config, run_dir, resume=resume, console=console, show_progress=not quiet)
     summary = trainer.fit()
@@ -178,7 +188,9 @@ def summarize(
 
 @app.command()
 def compare(
-    strategies: Annotated[str, typer.Option(help="comma-separated strategy names, e.g. none,standard,hybrid")],
+    strategies: Annotated[
+        str, typer.Option(help="comma-separated strategies, e.g. none,standard,standard+lazarus (A+B: B follows A)")
+    ],
     seeds: Annotated[int, typer.Option(help="seeds 1..N for every strategy")] = 3,
     steps: Annotated[int | None, typer.Option(help="training steps per run")] = None,
     name: Annotated[str | None, typer.Option(help="comparison folder name (default: time)")] = None,
@@ -197,18 +209,19 @@ def compare(
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     if not names or len(set(names)) != len(names):
         raise ApoptosisError(f"--strategies needs distinct comma-separated names, got {strategies!r}")
-    strategy_sets = {}
+    sets: dict[str, dict] = {"strategy": {}, "then": {}}
     other_sets = []
     for assignment in set_ or []:
         key, value = parse_set_option(assignment)
-        if key.startswith("strategy."):
-            strategy_sets[key.removeprefix("strategy.")] = value
+        section, _, param = key.partition(".")
+        if section in sets and param != "name":
+            sets[section][param] = value
         else:
             other_sets.append(assignment)
-    base = build_config(config, "none", steps, None, data, device, other_sets)
+    base = build_config(config, "none", "", steps, None, data, device, other_sets)
     name = name or f"{time.strftime('%Y%m%d-%H%M%S')}-compare"
     out_dir = runs_dir / name
-    frame = run_comparison(base, names, seeds, strategy_sets, out_dir, workers, console)
+    frame = run_comparison(base, names, seeds, sets["strategy"], out_dir, workers, console, sets["then"])
     for table in comparison_tables(frame, f"{name} ({base.trainer.steps} steps, seeds 1..{seeds})"):
         console.print(table)
     console.print(f"Comparison folder: {out_dir} (compare.csv, val_loss.png, ages.png)")
@@ -252,7 +265,7 @@ def bench(
 
     if repeats < 1:
         raise ApoptosisError(f"--repeats must be >= 1, got {repeats}")
-    config = build_config(None, strategy, steps, None, None, None, set_)
+    config = build_config(None, strategy, None, steps, None, None, None, set_)
     result = run_bench(config, strategy=strategy, repeats=repeats, console=console)
     print_bench(result, console)
 

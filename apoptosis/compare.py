@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from scipy import stats
 
-from apoptosis.config import RunConfig, StrategyConfig
+from apoptosis.config import RunConfig, StrategyConfig, no_follower, split_composition
 from apoptosis.errors import ApoptosisError
 from apoptosis.io import atomic_write_text
 
@@ -38,25 +38,39 @@ class PlannedRun:
 
 
 def plan_runs(
-    base: RunConfig, strategies: list[str], seeds: list[int], strategy_sets: dict[str, Any], out_dir: Path
+    base: RunConfig,
+    strategies: list[str],
+    seeds: list[int],
+    strategy_sets: dict[str, Any],
+    out_dir: Path,
+    then_sets: dict[str, Any] | None = None,
 ) -> list[PlannedRun]:
-    """One config per (strategy, seed). ``strategy_sets`` (from ``--set strategy.X=...``) go to
-    every strategy that has parameter X; one that no strategy has is an error."""
+    """One config per (strategy, seed); a strategy ``A+B`` is A with follower B. ``strategy_sets``
+    (from ``--set strategy.X=...``) go to every strategy that has parameter X, ``then_sets`` to
+    every follower; a setting that nothing compared has is an error."""
     from apoptosis.strategy import build_strategy
 
-    known = {name: {row["name"] for row in build_strategy(name).Params.describe()} for name in strategies}
+    then_sets = then_sets or {}
+    pairs = {label: split_composition(label) for label in strategies}
+    known = {name: {row["name"] for row in build_strategy(name).Params.describe()} for name, _ in pairs.values()}
     unused = [key for key in strategy_sets if not any(key in params for params in known.values())]
     if unused:
         raise ApoptosisError(f"no compared strategy has parameter {unused[0]!r} (--set strategy.{unused[0]})")
+    if then_sets and not any(follower for _, follower in pairs.values()):
+        raise ApoptosisError("--set then.* needs a compared strategy with a follower, e.g. standard+lazarus")
     runs = []
-    for strategy in strategies:
-        params = {k: v for k, v in strategy_sets.items() if k in known[strategy]}
-        build_strategy(strategy, params)  # validate before any run starts
+    for label, (name, follower) in pairs.items():
+        params = {k: v for k, v in strategy_sets.items() if k in known[name]}
+        build_strategy(name, params)  # validate before any run starts
+        then = StrategyConfig(name=follower, params=dict(then_sets)) if follower else no_follower()
+        if follower:
+            build_strategy(follower, then.params, follower=True)
         for seed in seeds:
             config = copy.deepcopy(base)
-            config.strategy = StrategyConfig(name=strategy, params=params)
+            config.strategy = StrategyConfig(name=name, params=params)
+            config.then = copy.deepcopy(then)
             config.trainer.seed = seed
-            runs.append(PlannedRun(strategy, seed, out_dir / f"{strategy}-s{seed}", config))
+            runs.append(PlannedRun(label, seed, out_dir / f"{label}-s{seed}", config))
     return runs
 
 
@@ -110,6 +124,8 @@ def welch_interval(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[f
 def comparison_tables(frame: pd.DataFrame, title: str) -> list[Table]:
     """Two tables that fit a terminal: final validation loss against the baseline, then the
     mechanics (variance of the training loss, events, disruption, ages, speed)."""
+    followed = frame["strategy"].str.contains("+", regex=False).any()  # a follower ran after events
+    label_width = max(12, *(len(str(s)) for s in frame["strategy"]))
     losses = Table(
         title=f"{title}: final validation loss\n(≈: the Welch 95% interval of the difference contains 0)",
         title_justify="left",
@@ -120,22 +136,24 @@ def comparison_tables(frame: pd.DataFrame, title: str) -> list[Table]:
             justify="left" if i in (0, 5) else "right",
             no_wrap=i > 0,
             overflow="fold",
-            min_width=12 if i == 0 else None,
+            min_width=label_width if i == 0 else None,
         )
     mechanics = Table(
         title=f"{title}: mechanics (means over seeds)\n(var: train-loss variance over the last 20% of steps; "
-        "died: neurons replaced; disr: probe-loss change per event)",
+        "died: neurons replaced; disr: probe-loss change per event"
+        + ("; surg: the same before the follower ran)" if followed else ")"),
         title_justify="left",
         pad_edge=False,
     )
-    headers = ["strategy", "var", "events", "died", "disr", "|disr|", "age div", "tok/s"]
+    surgery = ["surg"] if followed else []
+    headers = ["strategy", "var", "events", "died", "disr", *surgery, "|disr|", "age div", "tok/s"]
     for i, header in enumerate(headers):
         mechanics.add_column(
             header,
             justify="left" if i == 0 else "right",
             no_wrap=i > 0,
             overflow="fold",
-            min_width=12 if i == 0 else None,
+            min_width=label_width if i == 0 else None,
         )
     baseline = frame[frame.strategy == BASELINE]["final_val_loss"].to_numpy()
     for strategy, group in frame.groupby("strategy", sort=False):
@@ -156,11 +174,17 @@ def comparison_tables(frame: pd.DataFrame, title: str) -> list[Table]:
             f"{group['events'].mean():.0f}",
             f"{group['neurons_replaced'].mean():.0f}",
             f"{disruption.mean():+.4f}" if len(disruption) else "-",
+            *([_mean_or_dash(group, "mean_surgery_disruption", "+.4f")] if followed else []),
             f"{group['mean_abs_event_disruption'].dropna().mean():.4f}" if len(disruption) else "-",
             f"{group['age_diversity'].mean():.3f}",
             f"{group['tokens_per_s'].mean():,.0f}",
         )
     return [losses, mechanics]
+
+
+def _mean_or_dash(group: pd.DataFrame, column: str, fmt: str) -> str:
+    values = group[column].dropna() if column in group else pd.Series(dtype=float)
+    return format(values.mean(), fmt) if len(values) else "-"
 
 
 def plot_comparison(frame: pd.DataFrame, out_dir: Path) -> None:
@@ -201,6 +225,7 @@ def compare(
     out_dir: Path,
     workers: int,
     console: Console,
+    then_sets: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     if seeds < 1:
         raise ApoptosisError(f"--seeds must be >= 1, got {seeds}")
@@ -208,7 +233,7 @@ def compare(
         raise ApoptosisError(f"--workers must be >= 1, got {workers}")
     if (out_dir / "compare.csv").exists():
         raise ApoptosisError(f"{out_dir} already holds a comparison: choose another --name")
-    runs = plan_runs(base, strategies, list(range(1, seeds + 1)), strategy_sets, out_dir)
+    runs = plan_runs(base, strategies, list(range(1, seeds + 1)), strategy_sets, out_dir, then_sets)
     for run in runs:
         if (run.run_dir / "config.toml").exists():
             raise ApoptosisError(f"run folder {run.run_dir} already holds a run: choose another --name")

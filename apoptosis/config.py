@@ -104,6 +104,10 @@ class StrategyConfig:
     params: dict[str, Any] = field(default_factory=dict)  # validated by the strategy's Params class
 
 
+def no_follower() -> StrategyConfig:
+    return StrategyConfig(name="")
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -111,15 +115,23 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     fitness: FitnessConfig = field(default_factory=FitnessConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    then: StrategyConfig = field(default_factory=no_follower)  # a follower of the strategy's events ("" = none)
 
     def validate(self) -> None:
         for section in (self.model, self.data, self.trainer, self.fitness):
             section.validate()
 
+    @property
+    def strategy_label(self) -> str:
+        """``standard``, or ``standard+lazarus`` when a follower runs after its events."""
+        return f"{self.strategy.name}+{self.then.name}" if self.then.name else self.strategy.name
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        strategy = d.pop("strategy")
-        d["strategy"] = {"name": strategy["name"], **strategy["params"]}
+        for section in STRATEGY_SECTIONS:
+            chosen = d.pop(section)
+            if chosen["name"] or chosen["params"]:  # no [then] table without a follower
+                d[section] = {"name": chosen["name"], **chosen["params"]}
         return d
 
     @classmethod
@@ -149,8 +161,8 @@ class RunConfig:
     def set(self, dotted_key: str, value: Any, source: str = "--set") -> None:
         """Set ``section.key`` to ``value``, checking that the key exists and the type fits.
 
-        ``strategy.*`` keys other than ``name`` are kept as given; the strategy's parameter class
-        checks them when the strategy is built.
+        ``strategy.*`` and ``then.*`` keys other than ``name`` are kept as given; the strategy's
+        parameter class checks them when the strategy is built.
         """
         section_name, _, key = dotted_key.partition(".")
         sections = {f.name for f in dataclasses.fields(self)}
@@ -159,11 +171,12 @@ class RunConfig:
                 f"{source}: unknown key {dotted_key!r}: keys look like section.key with section one of "
                 f"{', '.join(sorted(sections))}"
             )
-        if section_name == "strategy":
+        if section_name in STRATEGY_SECTIONS:
+            chosen = getattr(self, section_name)
             if key == "name":
-                self.strategy.name = _coerce(str, value, dotted_key, source)
+                chosen.name = _coerce(str, value, dotted_key, source)
             else:
-                self.strategy.params[key] = value
+                chosen.params[key] = value
             return
         section = getattr(self, section_name)
         fields = {f.name: f for f in dataclasses.fields(section)}
@@ -173,6 +186,17 @@ class RunConfig:
             )
         hint = typing.get_type_hints(type(section))[key]
         setattr(section, key, _coerce(hint, value, dotted_key, source))
+
+
+STRATEGY_SECTIONS = ("strategy", "then")
+
+
+def split_composition(label: str) -> tuple[str, str]:
+    """``"standard+lazarus"`` -> ("standard", "lazarus"); ``"standard"`` -> ("standard", "")."""
+    name, _, follower = label.partition("+")
+    if not name or "+" in follower or label.endswith("+"):
+        raise ApoptosisError(f"{label!r}: expected STRATEGY or STRATEGY+FOLLOWER, e.g. standard+lazarus")
+    return name, follower
 
 
 def parse_set_option(assignment: str) -> tuple[str, Any]:

@@ -8,6 +8,8 @@ carries it from one apoptosis event to the next. Metrics are plugins registered 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -100,6 +102,17 @@ class FitnessTracker:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No fitness updates inside (a follower's own optimisation is not training)."""
+        attached = bool(self._handles)
+        self.detach()
+        try:
+            yield
+        finally:
+            if attached:
+                self.attach()
 
     def _make_hook(self, layer: int):
         def hook(module: nn.Module, inputs: Any, h: torch.Tensor) -> None:

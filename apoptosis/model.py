@@ -6,6 +6,7 @@ Each block's MLP may have its own width, so growth and shrinkage need no other c
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 
@@ -156,3 +157,10 @@ class GPT(nn.Module):
             nxt = torch.multinomial(probs, 1, generator=generator).to(idx.device)
             idx = torch.cat((idx, nxt), dim=1)
         return idx
+
+
+def frozen_copy(model: GPT) -> GPT:
+    """A copy in eval mode with no gradients: a fixed teacher while ``model`` trains on."""
+    copied = copy.deepcopy(model).eval()
+    copied.requires_grad_(False)
+    return copied

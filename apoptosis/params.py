@@ -47,10 +47,12 @@ def param(
     choices: tuple[Any, ...] | None = None,
     search: tuple[float, float] | None = None,
     log: bool = False,
+    searched: bool = True,
     help: str = "",
 ) -> Any:
-    """A dataclass field with a ``ParamSpec``; the search range defaults to the allowed range."""
-    if search is None and choices is None and low is not None and high is not None:
+    """A dataclass field with a ``ParamSpec``; the search range defaults to the allowed range
+    (``searched=False``: a setting no search should vary)."""
+    if searched and search is None and choices is None and low is not None and high is not None:
         search = (low, high)
     spec = ParamSpec(low=low, high=high, choices=choices, search=search, log=log, help=help)
     return field(default=default, metadata={"spec": spec})

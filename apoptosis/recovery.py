@@ -24,7 +24,7 @@ from apoptosis.config import RunConfig
 from apoptosis.damage import Masks, apply_masks, noised_parameters, reopen_neurons
 from apoptosis.data import CharDataset, CharVocab, load_corpus
 from apoptosis.errors import ApoptosisError
-from apoptosis.model import GPT
+from apoptosis.model import GPT, frozen_copy
 
 LOSS_KINDS = ("full", "consistency", "stability", "entropy", "noise")
 MODES = ("frozen", "regrow")
@@ -250,7 +250,7 @@ def recover_copy(
     neurons get their gates back, so regrowth can reach them."""
     settings.validate()
     student = copy.deepcopy(damaged)
-    teacher = original if settings.anchor == "original" else copy.deepcopy(damaged)
+    teacher = original if settings.anchor == "original" else frozen_copy(damaged)
     if settings.mode == "regrow" and removed_neurons:
         reopen_neurons(student, removed_neurons)
     history = recover(

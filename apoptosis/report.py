@@ -125,6 +125,9 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
         ("age diversity", f"{summary['age_diversity']:.3f}"),
         ("neurons / parameters", f"{summary['neurons']} / {summary['parameters']:,}"),
     ]
+    if "+" in summary["strategy"]:  # a follower ran after each event: show the surgery's own share
+        surgery = ("  before the follower ran", _num(summary.get("mean_surgery_disruption"), "+.4f"))
+        rows.insert(next(i for i, row in enumerate(rows) if row[0].startswith("mean event")) + 1, surgery)
     for name, value in rows:
         table.add_row(name, value)
     return table

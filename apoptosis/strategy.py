@@ -4,6 +4,10 @@ Hooks are named ``on_<moment>`` and do nothing by default (as HF Trainer callbac
 strategy overrides only what it needs. Surgery always goes through ``ctx.event(...)``, which
 hands each layer's ``NeuronPopulation`` to the strategy and measures the loss on a fixed probe
 batch before and after, so every strategy's disruption is recorded the same way.
+
+A *follower* (``follows_events = True``, set with ``--then``) makes no events of its own: its
+``on_event_end`` runs after each event of the main strategy, with the model as it was just
+before that event, and the event's disruption is measured after the follower is done.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 
 from apoptosis.errors import ApoptosisError
 from apoptosis.lineage import Lineage
+from apoptosis.model import GPT
 from apoptosis.params import StrategyParams
 from apoptosis.population import NeuronPopulation
 from apoptosis.registry import STRATEGIES
@@ -29,6 +34,7 @@ class TrainingContext:
 
     step: int
     total_steps: int
+    model: GPT
     populations: list[NeuronPopulation]
     lineage: Lineage
     generator: torch.Generator
@@ -49,6 +55,17 @@ class TrainingContext:
         self._log(message)
 
 
+@dataclass(frozen=True)
+class Event:
+    """One finished event of the main strategy, as a follower sees it. ``model_before`` is a frozen
+    copy of the model just before the surgery (it may be narrower or wider than the model now)."""
+
+    number: int
+    step: int
+    kind: str
+    model_before: GPT
+
+
 @dataclass
 class NoParams(StrategyParams):
     """For strategies without parameters."""
@@ -59,6 +76,7 @@ class Strategy:
     description: ClassVar[str] = ""
     Params: ClassVar[type[StrategyParams]] = NoParams
     uses_fitness: ClassVar[bool] = True  # False skips the fitness hooks (and their cost)
+    follows_events: ClassVar[bool] = False  # True: only usable as a follower (``--then``)
 
     def __init__(self, params: StrategyParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -76,6 +94,9 @@ class Strategy:
     def on_evaluate(self, ctx: TrainingContext, val_loss: float) -> None:
         """Called after each evaluation on the validation batches."""
 
+    def on_event_end(self, ctx: TrainingContext, event: Event) -> None:
+        """Called on a follower after each event of the main strategy (fitness hooks paused)."""
+
     def on_train_end(self, ctx: TrainingContext) -> None:
         """Called once after the last step."""
 
@@ -87,9 +108,20 @@ class Strategy:
         """Restore what ``state_dict`` returned."""
 
 
-def build_strategy(name: str, params: Mapping[str, Any] | None = None) -> Strategy:
-    """The registered strategy ``name`` with validated parameters (defaults for missing ones)."""
+def build_strategy(name: str, params: Mapping[str, Any] | None = None, *, follower: bool = False) -> Strategy:
+    """The registered strategy ``name`` with validated parameters (defaults for missing ones);
+    ``follower`` asks for one that follows another's events (``--then``)."""
     cls = STRATEGIES.get(name)
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise ApoptosisError(f"strategy plugin {name!r} is {cls!r}, not a subclass of apoptosis.strategy.Strategy")
+    if cls.follows_events != follower:
+        followers = [n for n in STRATEGIES.names() if getattr(STRATEGIES.get(n), "follows_events", False)]
+        if follower:
+            raise ApoptosisError(
+                f"{name!r} makes events of its own and cannot follow another strategy; followers: "
+                f"{', '.join(followers) or 'none registered'}"
+            )
+        raise ApoptosisError(
+            f"{name!r} only follows another strategy's events: use e.g. --strategy standard --then {name}"
+        )
     return cls.from_config(params or {})

@@ -9,6 +9,7 @@ was never interrupted (on the CPU, bit for bit).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -28,9 +29,9 @@ from apoptosis.errors import ApoptosisError, TrainingDiverged
 from apoptosis.fitness import FitnessTracker
 from apoptosis.io import atomic_write, atomic_write_json, atomic_write_text
 from apoptosis.lineage import Lineage
-from apoptosis.model import GPT
+from apoptosis.model import GPT, frozen_copy
 from apoptosis.population import NeuronPopulation
-from apoptosis.strategy import Strategy, Surgery, TrainingContext, build_strategy
+from apoptosis.strategy import Event, Strategy, Surgery, TrainingContext, build_strategy
 
 METRIC_COLUMNS = ["step", "train_loss", "val_loss", "lr", "tokens_per_s", "neurons", "events"]
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -62,6 +63,7 @@ class RunTotals:
     neurons_replaced: int = 0
     neurons_born: int = 0
     disruptions: list[float] = field(default_factory=list)  # probe loss after - before, per event
+    surgery_disruptions: list[float] = field(default_factory=list)  # the same before any follower ran
     train_time_s: float = 0.0
     tokens: int = 0
     pending_losses: list[float] = field(default_factory=list)  # since the last metrics row
@@ -118,9 +120,14 @@ class Trainer:
         ]
         self.strategy: Strategy = build_strategy(config.strategy.name, config.strategy.params)
         config.strategy.params = self.strategy.params.to_dict()  # saved with every default filled in
+        self.follower: Strategy | None = None
+        if config.then.name:
+            self.follower = build_strategy(config.then.name, config.then.params, follower=True)
+            config.then.params = self.follower.params.to_dict()
 
         self.batch_generator = torch.Generator().manual_seed(t.seed + 1)
         self.strategy_generator = torch.Generator().manual_seed(t.seed + 2)
+        self.follower_generator = torch.Generator().manual_seed(t.seed + 5)  # the main stream is not shifted
         fixed = torch.Generator().manual_seed(t.seed + 4)
         self.probe_batch = self.data.batch("train", t.batch_size, fixed, self.device)
         self.eval_batches = {
@@ -135,6 +142,7 @@ class Trainer:
             self._load_checkpoint(checkpoint)
         else:
             self._start_run_folder()
+        self.ctx = self._context()
 
     # --- run folder ---------------------------------------------------------------------------
 
@@ -176,12 +184,14 @@ class Trainer:
                 trainer=self.config.trainer,
                 fitness=self.config.fitness,
                 strategy=self.config.strategy,
+                then=self.config.then,
             ).to_dict(),
             "vocab": self.data.vocab.chars,
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "strategy": self.strategy.state_dict(),
+            "follower": self.follower.state_dict() if self.follower else None,
             "fitness": self.fitness.state_dict(),
             "lineage": self.lineage.state_dict(),
             "totals": asdict(self.totals),
@@ -190,6 +200,7 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "batches": self.batch_generator.get_state(),
                 "strategy": self.strategy_generator.get_state(),
+                "follower": self.follower_generator.get_state(),
             },
         }
         atomic_write(self.run_dir / CHECKPOINT, lambda f: torch.save(state, f))
@@ -199,6 +210,8 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.strategy.load_state_dict(ckpt["strategy"])
+        if self.follower is not None:
+            self.follower.load_state_dict(ckpt["follower"])
         self.fitness.load_state_dict(ckpt["fitness"])
         self.lineage.load_state_dict(ckpt["lineage"])
         self.totals = RunTotals(**ckpt["totals"])
@@ -208,6 +221,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         self.batch_generator.set_state(ckpt["rng"]["batches"])
         self.strategy_generator.set_state(ckpt["rng"]["strategy"])
+        if "follower" in ckpt["rng"]:
+            self.follower_generator.set_state(ckpt["rng"]["follower"])
         self._truncate_logs(self.step)
 
     # --- measuring ----------------------------------------------------------------------------
@@ -232,6 +247,7 @@ class Trainer:
     def _run_event(self, kind: str, surgery: Surgery) -> None:
         number = self.totals.events + 1
         first = before = self.probe_loss()
+        model_before = frozen_copy(self.model) if self.follower is not None else None
         changed = False
         for pop in self.populations:
             mark = self.lineage.mark()
@@ -259,10 +275,39 @@ class Trainer:
             }
             self._append("events.jsonl", json.dumps(record))
             before = after
-        if changed:
-            self.totals.events = number
-            self.totals.disruptions.append(before - first)
-            self._log(f"step {self.step}: {kind} event {self.totals.events}, probe loss {first:.4f} -> {before:.4f}")
+        if not changed:
+            return
+        self.totals.events = number
+        self.totals.surgery_disruptions.append(before - first)
+        message = f"step {self.step}: {kind} event {number}, probe loss {first:.4f} -> {before:.4f}"
+        if self.follower is not None and model_before is not None:
+            before = self._run_follower(self.follower, Event(number, self.step, kind, model_before), before)
+            message += f" -> {before:.4f} after {self.follower.name}"
+        self.totals.disruptions.append(before - first)
+        self._log(message)
+
+    def _follower_context(self) -> TrainingContext:
+        return dataclasses.replace(self.ctx, generator=self.follower_generator)
+
+    def _run_follower(self, follower: Strategy, event: Event, before: float) -> float:
+        """The follower's turn after an event, with its own random stream; one events.jsonl line
+        (``layer`` null) records its effect on the probe loss. Returns the probe loss after it."""
+        started = time.perf_counter()
+        with self.fitness.paused():
+            follower.on_event_end(self._follower_context(), event)
+        after = self.probe_loss()
+        record = {
+            "event": event.number,
+            "step": self.step,
+            "kind": follower.name,
+            "layer": None,
+            "follows": event.kind,
+            "seconds": round(time.perf_counter() - started, 3),
+            "probe_loss_before": before,
+            "probe_loss_after": after,
+        }
+        self._append("events.jsonl", json.dumps(record))
+        return after
 
     def _log(self, message: str) -> None:
         if not self.show_progress:
@@ -278,6 +323,7 @@ class Trainer:
         return TrainingContext(
             step=self.step,
             total_steps=self.config.trainer.steps,
+            model=self.model,
             populations=self.populations,
             lineage=self.lineage,
             generator=self.strategy_generator,
@@ -290,9 +336,11 @@ class Trainer:
         t = self.config.trainer
         if self.strategy.uses_fitness:
             self.fitness.attach()
-        ctx = self._context()
+        ctx = self.ctx
         self.model.train()
         self.strategy.on_train_begin(ctx)
+        if self.follower is not None:
+            self.follower.on_train_begin(self._follower_context())
         columns = [
             TextColumn("[bold]{task.description}"),
             BarColumn(bar_width=16),
@@ -306,7 +354,7 @@ class Trainer:
         with Progress(*columns, console=self.console, disable=not self.show_progress, transient=False) as progress:
             self.progress = progress
             task = progress.add_task(
-                self.config.strategy.name, total=t.steps, completed=self.step, loss="-", val="-", tps="-", events=0
+                self.config.strategy_label, total=t.steps, completed=self.step, loss="-", val="-", tps="-", events=0
             )
             try:
                 while self.step < t.steps:
@@ -316,6 +364,8 @@ class Trainer:
                 self.progress = None
                 self.fitness.detach()
         self.strategy.on_train_end(ctx)
+        if self.follower is not None:
+            self.follower.on_train_end(self._follower_context())
         return self.finish()
 
     def _progress_fields(self) -> dict[str, Any]:
@@ -398,7 +448,7 @@ class Trainer:
         metrics = read_metrics(self.run_dir)
         tail = metrics[metrics["step"] > 0.8 * self.config.trainer.steps]["train_loss"]
         return {
-            "strategy": self.config.strategy.name,
+            "strategy": self.config.strategy_label,
             "steps": self.step,
             "final_train_loss": train_loss,
             "final_val_loss": val_loss,
@@ -410,6 +460,7 @@ class Trainer:
             "neurons_born": tot.neurons_born,
             "mean_event_disruption": float(np.mean(tot.disruptions)) if tot.disruptions else None,
             "mean_abs_event_disruption": float(np.mean(np.abs(tot.disruptions))) if tot.disruptions else None,
+            "mean_surgery_disruption": float(np.mean(tot.surgery_disruptions)) if tot.surgery_disruptions else None,
             "age_diversity": self.lineage.age_diversity(self.step),
             "founders_share": self.lineage.founders_share(),
             "max_generation": self.lineage.max_generation(),

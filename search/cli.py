@@ -117,7 +117,7 @@ def optuna_command(
         raise ApoptosisError(f"--pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
     names = _names(strategies, "--strategies")
     strategy_sets, other_sets = _split_sets(set_)
-    base = build_config(config, names[0] if names else None, steps, None, data, device, other_sets)
+    base = build_config(config, names[0] if names else None, None, steps, None, data, device, other_sets)
     if factors is not None:
         factor_file = Factors.from_toml_file(factors)
         base = factor_file.base_config(base)
@@ -177,7 +177,7 @@ def taguchi_command(
     _check_objective(objective)
     _check_counts(steps, seeds)
     factor_file = Factors.from_toml_file(factors)
-    base = factor_file.base_config(build_config(config, None, steps, None, data, device, set_))
+    base = factor_file.base_config(build_config(config, None, None, steps, None, data, device, set_))
     spec = StudySpec(
         name=study,
         study_dir=runs_dir / study,
@@ -224,7 +224,7 @@ def compare_command(
     _check_objective(objective)
     _check_counts(steps, seeds)
     factor_file = Factors.from_toml_file(factors)
-    base = factor_file.base_config(build_config(config, None, steps, None, data, device, set_))
+    base = factor_file.base_config(build_config(config, None, None, steps, None, data, device, set_))
     name = name or f"{time.strftime('%Y%m%d-%H%M%S')}-search-compare"
     out_dir = runs_dir / name
     frame = compare_searches(factor_file, base, objective, steps, seeds, array, trials, repeats, out_dir, console)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from apoptosis.config import ModelConfig, RunConfig, _coerce, parse_set_option
+from apoptosis.config import ModelConfig, RunConfig, StrategyConfig, _coerce, parse_set_option
 from apoptosis.errors import ApoptosisError
 from apoptosis.registry import STRATEGIES
 from apoptosis.strategy import build_strategy
@@ -57,7 +57,11 @@ def test_toml_round_trip(tmp_path: Path) -> None:
     # the strategy table is flat: name beside its parameters
     table = tomllib.loads(path.read_text(encoding="utf-8"))
     assert table["strategy"] == {"name": "standard", **config.strategy.params}
-    assert set(table) == {"model", "data", "trainer", "fitness", "strategy"}
+    assert set(table) == {"model", "data", "trainer", "fitness", "strategy"}  # [then] only with a follower
+    config.then = StrategyConfig(name="lazarus", params={"steps": 5})
+    path.write_text(config.to_toml(), encoding="utf-8")
+    assert tomllib.loads(path.read_text(encoding="utf-8"))["then"] == {"name": "lazarus", "steps": 5}
+    assert RunConfig.from_toml_file(path) == config
 
 
 def test_default_config_round_trip(tmp_path: Path) -> None:

@@ -21,7 +21,9 @@ def context(c: Colony, step: int, total: int = 10_000) -> tuple[TrainingContext,
         for pop in c.populations:
             surgery(pop)
 
-    ctx = TrainingContext(step, total, c.populations, c.lineage, torch.Generator().manual_seed(0), run_event, print)
+    ctx = TrainingContext(
+        step, total, c.model, c.populations, c.lineage, torch.Generator().manual_seed(0), run_event, print
+    )
     return ctx, kinds
 
 
