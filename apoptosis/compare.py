@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from scipy import stats
 
-from apoptosis.config import RunConfig, StrategyConfig, no_follower, split_composition
+from apoptosis.config import RunConfig, StrategyConfig, no_follower
 from apoptosis.errors import ApoptosisError
 from apoptosis.io import atomic_write_text
 
@@ -48,10 +48,10 @@ def plan_runs(
     """One config per (strategy, seed); a strategy ``A+B`` is A with follower B. ``strategy_sets``
     (from ``--set strategy.X=...``) go to every strategy that has parameter X, ``then_sets`` to
     every follower; a setting that nothing compared has is an error."""
-    from apoptosis.strategy import build_strategy
+    from apoptosis.strategy import build_strategy, resolve_composition
 
     then_sets = then_sets or {}
-    pairs = {label: split_composition(label) for label in strategies}
+    pairs = {label: resolve_composition(label) for label in strategies}
     known = {name: {row["name"] for row in build_strategy(name).Params.describe()} for name, _ in pairs.values()}
     unused = [key for key in strategy_sets if not any(key in params for params in known.values())]
     if unused:

@@ -99,6 +99,28 @@ class FitnessConfig:
 
 
 @dataclass
+class ContinualConfig:
+    """Phases of training on different corpora, in order (empty: one corpus, ``data.path``)."""
+
+    phases: list[str] = field(default_factory=list)  # each shakespeare, python or name=FILE; names may repeat
+    steps_per_phase: int = 1000
+    plasticity_steps: int = 100  # every corpus is evaluated this many steps into each phase
+
+    def validate(self, total_steps: int) -> None:
+        if not self.phases:
+            return
+        _check(self.steps_per_phase >= 1, "continual.steps_per_phase must be >= 1")
+        _check(
+            1 <= self.plasticity_steps <= self.steps_per_phase,
+            "continual.plasticity_steps must be in 1..continual.steps_per_phase",
+        )
+        _check(
+            total_steps <= len(self.phases) * self.steps_per_phase,
+            f"trainer.steps ({total_steps}) is longer than the phases ({len(self.phases)} x {self.steps_per_phase})",
+        )
+
+
+@dataclass
 class StrategyConfig:
     name: str = "standard"
     params: dict[str, Any] = field(default_factory=dict)  # validated by the strategy's Params class
@@ -116,15 +138,19 @@ class RunConfig:
     fitness: FitnessConfig = field(default_factory=FitnessConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     then: StrategyConfig = field(default_factory=no_follower)  # a follower of the strategy's events ("" = none)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
 
     def validate(self) -> None:
         for section in (self.model, self.data, self.trainer, self.fitness):
             section.validate()
+        self.continual.validate(self.trainer.steps)
 
     @property
     def strategy_label(self) -> str:
-        """``standard``, or ``standard+lazarus`` when a follower runs after its events."""
-        return f"{self.strategy.name}+{self.then.name}" if self.then.name else self.strategy.name
+        """``standard``; ``standard+lazarus`` with a follower; ``replay`` for a follower of ``none``."""
+        if not self.then.name:
+            return self.strategy.name
+        return self.then.name if self.strategy.name == "none" else f"{self.strategy.name}+{self.then.name}"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -132,6 +158,8 @@ class RunConfig:
             chosen = d.pop(section)
             if chosen["name"] or chosen["params"]:  # no [then] table without a follower
                 d[section] = {"name": chosen["name"], **chosen["params"]}
+        if not self.continual.phases:  # no [continual] table for a run on one corpus
+            del d["continual"]
         return d
 
     @classmethod

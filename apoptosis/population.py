@@ -8,7 +8,9 @@ and column ``i`` of ``proj.weight`` (its outgoing weights). Strategies decide *w
   neurons' moments are dropped, and every other neuron keeps weights and moments bit for bit.
   Parameters keep their identity (their ``.data`` is resized), so the optimizer never holds a
   stale reference after growth or shrinkage;
-* the fitness tracker (scores of new neurons start empty) and the lineage (births and deaths).
+* the fitness tracker (scores of new neurons start empty) and the lineage (births and deaths);
+* per-neuron update scales (``protect``): a protected neuron's optimizer updates are scaled down
+  (0 = frozen), which is how knowledge of an earlier task is kept in continual learning.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class NeuronPopulation:
         self.optimizer = optimizer
         self.fitness_tracker = fitness
         self.lineage = lineage
+        self.update_scale = torch.ones(mlp.width, device=mlp.fc.weight.device)  # (width,); 1 = learns as usual
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -49,8 +52,13 @@ class NeuronPopulation:
         return torch.tensor([step - self.lineage.record(i).birth_step for i in self.ids()])
 
     def mature(self, step: int, maturity: int) -> torch.Tensor:
-        """(width,) bool: neurons at least ``maturity`` steps old and not masked."""
-        return (self.ages(step) >= maturity) & self.active()
+        """(width,) bool: neurons at least ``maturity`` steps old, not masked and not protected
+        (what a strategy may kill)."""
+        return (self.ages(step) >= maturity) & self.active() & ~self.protected()
+
+    def protected(self) -> torch.Tensor:
+        """(width,) bool: neurons whose updates are scaled below 1."""
+        return self.update_scale.cpu() < 1.0
 
     def active(self) -> torch.Tensor:
         return self.mlp.gate.mask.detach().cpu() > 0
@@ -101,6 +109,7 @@ class NeuronPopulation:
         fc.bias[dev_slots] = incoming[:, -1].to(fc.bias)
         proj.weight[:, dev_slots] = outgoing.t().to(proj.weight)
         self.mlp.gate.mask[dev_slots] = 1.0
+        self.update_scale[dev_slots] = 1.0
         self._zero_moments(dev_slots)
         self.fitness_tracker.reset(self.layer, dev_slots)
         return [
@@ -200,6 +209,7 @@ class NeuronPopulation:
         old = self.width
         self._resize(lambda t, dim: _append_zeros(t, dim, k))
         self.mlp.gate.mask[old:] = 1.0
+        self.update_scale[old:] = 1.0
         fc.weight[old:] = incoming[:, :-1].to(fc.weight)
         fc.bias[old:] = incoming[:, -1].to(fc.bias)
         proj.weight[:, old:] = outgoing.t().to(proj.weight)
@@ -231,6 +241,33 @@ class NeuronPopulation:
     def set_mask(self, slots: torch.Tensor, active: bool) -> None:
         """Silence (``active=False``) or revive neurons without removing them; saved with the model."""
         self.mlp.gate.mask[_as_index(slots).to(self.mlp.gate.mask.device)] = 1.0 if active else 0.0
+
+    def protect(self, slots: torch.Tensor, factor: float) -> None:
+        """Scale every later optimizer update of these neurons (incoming and outgoing weights) by
+        ``factor``: 0 freezes them, 1 lifts the protection. A newborn in a slot starts at 1."""
+        if not 0.0 <= factor <= 1.0:
+            raise ValueError(f"an update scale must be in [0, 1], got {factor}")
+        self.update_scale[_as_index(slots).to(self.update_scale.device)] = factor
+
+    @torch.no_grad()
+    def before_update(self) -> list[torch.Tensor] | None:
+        """Copies of the neuron tensors before an optimizer step, or None when no neuron is
+        protected (then ``after_update`` has nothing to do and nothing is copied)."""
+        if not bool(self.protected().any()):
+            return None
+        return [param.detach().clone() for param, _ in self._neuron_params()]
+
+    @torch.no_grad()
+    def after_update(self, before: list[torch.Tensor] | None) -> None:
+        """Scale the step just taken per neuron: w = w_before + scale * (w_after - w_before), so
+        any optimizer (weight decay included) moves a protected neuron by ``scale`` of its step."""
+        if before is None:
+            return
+        for (param, dim), old in zip(self._neuron_params(), before, strict=True):
+            shape = [1] * param.dim()
+            shape[dim] = -1
+            scale = self.update_scale.to(param).view(shape)
+            param.copy_(old + scale * (param - old))
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -282,6 +319,7 @@ class NeuronPopulation:
             param.grad = None
         gate = self.mlp.gate
         gate.mask = along_neurons(gate.mask, 0)
+        self.update_scale = along_neurons(self.update_scale, 0)
         width = self.mlp.fc.weight.shape[0]
         self.mlp.fc.out_features = width
         self.mlp.proj.in_features = width

@@ -66,6 +66,16 @@ class Event:
     model_before: GPT
 
 
+@dataclass(frozen=True)
+class Phase:
+    """A phase of continual training that has just ended: its index (0-based), its corpus and
+    its last step."""
+
+    index: int
+    corpus: str
+    end_step: int
+
+
 @dataclass
 class NoParams(StrategyParams):
     """For strategies without parameters."""
@@ -97,6 +107,13 @@ class Strategy:
     def on_event_end(self, ctx: TrainingContext, event: Event) -> None:
         """Called on a follower after each event of the main strategy (fitness hooks paused)."""
 
+    def on_phase_end(self, ctx: TrainingContext, phase: Phase) -> None:
+        """Called in continual training when a phase ends, before the next corpus takes over."""
+
+    def extra_loss(self, ctx: TrainingContext) -> torch.Tensor | None:
+        """A term added to this step's training loss before the backward pass (None: nothing)."""
+        return None
+
     def on_train_end(self, ctx: TrainingContext) -> None:
         """Called once after the last step."""
 
@@ -125,3 +142,14 @@ def build_strategy(name: str, params: Mapping[str, Any] | None = None, *, follow
             f"{name!r} only follows another strategy's events: use e.g. --strategy standard --then {name}"
         )
     return cls.from_config(params or {})
+
+
+def resolve_composition(label: str) -> tuple[str, str]:
+    """A compared label -> (strategy, follower): ``standard+lazarus``, ``standard``, or a follower
+    alone (``replay``), which follows the plain baseline ``none``."""
+    from apoptosis.config import split_composition
+
+    name, follower = split_composition(label)
+    if not follower and getattr(STRATEGIES.get(name), "follows_events", False):
+        return "none", name
+    return name, follower

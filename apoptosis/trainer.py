@@ -31,18 +31,23 @@ from apoptosis.io import atomic_write, atomic_write_json, atomic_write_text
 from apoptosis.lineage import Lineage
 from apoptosis.model import GPT, frozen_copy
 from apoptosis.population import NeuronPopulation
-from apoptosis.strategy import Event, Strategy, Surgery, TrainingContext, build_strategy
+from apoptosis.strategy import Event, Phase, Strategy, Surgery, TrainingContext, build_strategy
 
 METRIC_COLUMNS = ["step", "train_loss", "val_loss", "lr", "tokens_per_s", "neurons", "events"]
 CHECKPOINT = Path("checkpoints") / "last.pt"
 
 
 def lr_at(step: int, config: RunConfig) -> float:
-    """Linear warmup to ``lr``, then cosine decay to ``min_lr`` at the last step."""
+    """Linear warmup to ``lr``, then cosine decay to ``min_lr`` at the last step; in continual
+    training the schedule starts again with every phase."""
     t = config.trainer
+    length = t.steps
+    if config.continual.phases:
+        length = config.continual.steps_per_phase
+        step = (step - 1) % length + 1
     if step <= t.warmup_steps:
         return t.lr * step / max(t.warmup_steps, 1)
-    progress = (step - t.warmup_steps) / max(t.steps - t.warmup_steps, 1)
+    progress = (step - t.warmup_steps) / max(length - t.warmup_steps, 1)
     return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
@@ -105,10 +110,12 @@ class Trainer:
             raise ApoptosisError("trainer.device is cuda but this machine has no CUDA GPU: use --device cpu")
 
         torch.manual_seed(t.seed)
-        text = load_corpus(config.data.path)
-        vocab = CharVocab(checkpoint["vocab"]) if checkpoint else None
-        self.data = CharDataset.from_text(text, config.model.block_size, config.data.val_fraction, vocab=vocab)
+        self.step = 0
+        self.corpora, self.phase_corpora = self._load_corpora(checkpoint["vocab"] if checkpoint else None)
         config.model.vocab_size = len(self.data.vocab)
+        self.metric_columns = METRIC_COLUMNS + (
+            ["phase", *(f"val_{name}" for name in self.corpora)] if config.continual.phases else []
+        )
 
         self.model = GPT(config.model).to(self.device)
         self.optimizer = build_optimizer(self.model, config)
@@ -129,12 +136,13 @@ class Trainer:
         self.strategy_generator = torch.Generator().manual_seed(t.seed + 2)
         self.follower_generator = torch.Generator().manual_seed(t.seed + 5)  # the main stream is not shifted
         fixed = torch.Generator().manual_seed(t.seed + 4)
-        self.probe_batch = self.data.batch("train", t.batch_size, fixed, self.device)
-        self.eval_batches = {
-            split: [self.data.batch(split, t.batch_size, fixed, self.device) for _ in range(t.eval_batches)]
-            for split in ("train", "val")
-        }
-        self.step = 0
+        self.probe_batches, self.eval_batches = {}, {}  # per corpus: one train batch; train and val batches
+        for name, data in self.corpora.items():
+            self.probe_batches[name] = data.batch("train", t.batch_size, fixed, self.device)
+            self.eval_batches[name] = {
+                split: [data.batch(split, t.batch_size, fixed, self.device) for _ in range(t.eval_batches)]
+                for split in ("train", "val")
+            }
         self.last_checkpoint_step: int | None = None
         self.totals = RunTotals()
         self.progress: Progress | None = None
@@ -143,6 +151,7 @@ class Trainer:
         else:
             self._start_run_folder()
         self.ctx = self._context()
+        self.follower_ctx = dataclasses.replace(self.ctx, generator=self.follower_generator)
 
     # --- run folder ---------------------------------------------------------------------------
 
@@ -150,7 +159,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / "config.toml", self.config.to_toml())
         atomic_write_json(self.run_dir / "vocab.json", self.data.vocab.chars)
-        atomic_write_text(self.run_dir / "metrics.csv", ",".join(METRIC_COLUMNS) + "\n")
+        atomic_write_text(self.run_dir / "metrics.csv", ",".join(self.metric_columns) + "\n")
         atomic_write_text(self.run_dir / "events.jsonl", "")
 
     def _append(self, name: str, line: str) -> None:
@@ -161,7 +170,8 @@ class Trainer:
         """After a resume: drop metric rows and events written after the checkpoint's step."""
         metrics = self.run_dir / "metrics.csv"
         lines = metrics.read_text(encoding="utf-8").splitlines()
-        kept = [lines[0]] + [ln for ln in lines[1:] if _complete_row(ln) and int(ln.split(",", 1)[0]) <= step]
+        width = len(self.metric_columns)
+        kept = [lines[0]] + [ln for ln in lines[1:] if _complete_row(ln, width) and int(ln.split(",", 1)[0]) <= step]
         atomic_write_text(metrics, "\n".join(kept) + "\n")
         events = self.run_dir / "events.jsonl"
         if events.exists():
@@ -185,6 +195,7 @@ class Trainer:
                 fitness=self.config.fitness,
                 strategy=self.config.strategy,
                 then=self.config.then,
+                continual=self.config.continual,
             ).to_dict(),
             "vocab": self.data.vocab.chars,
             "step": self.step,
@@ -193,6 +204,7 @@ class Trainer:
             "strategy": self.strategy.state_dict(),
             "follower": self.follower.state_dict() if self.follower else None,
             "fitness": self.fitness.state_dict(),
+            "update_scales": [pop.update_scale.cpu() for pop in self.populations],
             "lineage": self.lineage.state_dict(),
             "totals": asdict(self.totals),
             "rng": {
@@ -213,6 +225,8 @@ class Trainer:
         if self.follower is not None:
             self.follower.load_state_dict(ckpt["follower"])
         self.fitness.load_state_dict(ckpt["fitness"])
+        for pop, scale in zip(self.populations, ckpt.get("update_scales", []), strict=False):
+            pop.update_scale = scale.to(self.device)
         self.lineage.load_state_dict(ckpt["lineage"])
         self.totals = RunTotals(**ckpt["totals"])
         self.step = self.last_checkpoint_step = ckpt["step"]
@@ -236,11 +250,17 @@ class Trainer:
         return float(np.mean(losses))
 
     def probe_loss(self) -> float:
-        return self._mean_loss([self.probe_batch])
+        """Loss on one fixed training batch of the current corpus: what an event disrupts."""
+        return self._mean_loss([self.probe_batches[self.current_corpus]])
 
     def evaluate(self) -> tuple[float, float]:
-        """(train, val) loss on the fixed evaluation batches."""
-        return self._mean_loss(self.eval_batches["train"]), self._mean_loss(self.eval_batches["val"])
+        """(train, val) loss of the current corpus on its fixed evaluation batches."""
+        batches = self.eval_batches[self.current_corpus]
+        return self._mean_loss(batches["train"]), self._mean_loss(batches["val"])
+
+    def evaluate_corpora(self) -> dict[str, float]:
+        """Validation loss on every corpus of a continual run (learning and forgetting together)."""
+        return {name: self._mean_loss(batches["val"]) for name, batches in self.eval_batches.items()}
 
     # --- events -------------------------------------------------------------------------------
 
@@ -286,15 +306,12 @@ class Trainer:
         self.totals.disruptions.append(before - first)
         self._log(message)
 
-    def _follower_context(self) -> TrainingContext:
-        return dataclasses.replace(self.ctx, generator=self.follower_generator)
-
     def _run_follower(self, follower: Strategy, event: Event, before: float) -> float:
         """The follower's turn after an event, with its own random stream; one events.jsonl line
         (``layer`` null) records its effect on the probe loss. Returns the probe loss after it."""
         started = time.perf_counter()
         with self.fitness.paused():
-            follower.on_event_end(self._follower_context(), event)
+            follower.on_event_end(self.follower_ctx, event)
         after = self.probe_loss()
         record = {
             "event": event.number,
@@ -331,16 +348,21 @@ class Trainer:
             _log=self._log,
         )
 
+    def _hooked(self) -> list[tuple[Strategy, TrainingContext]]:
+        """The strategy and its follower (if any), each with the context its hooks receive."""
+        pairs = [(self.strategy, self.ctx)]
+        if self.follower is not None:
+            pairs.append((self.follower, self.follower_ctx))
+        return pairs
+
     def fit(self) -> dict[str, Any]:
         """Train to ``trainer.steps`` (from the checkpoint's step after a resume)."""
         t = self.config.trainer
-        if self.strategy.uses_fitness:
+        if any(strategy.uses_fitness for strategy, _ in self._hooked()):
             self.fitness.attach()
-        ctx = self.ctx
         self.model.train()
-        self.strategy.on_train_begin(ctx)
-        if self.follower is not None:
-            self.follower.on_train_begin(self._follower_context())
+        for strategy, ctx in self._hooked():
+            strategy.on_train_begin(ctx)
         columns = [
             TextColumn("[bold]{task.description}"),
             BarColumn(bar_width=16),
@@ -358,14 +380,13 @@ class Trainer:
             )
             try:
                 while self.step < t.steps:
-                    self._train_step(ctx)
+                    self._train_step()
                     progress.update(task, completed=self.step, **self._progress_fields())
             finally:
                 self.progress = None
                 self.fitness.detach()
-        self.strategy.on_train_end(ctx)
-        if self.follower is not None:
-            self.follower.on_train_end(self._follower_context())
+        for strategy, ctx in self._hooked():
+            strategy.on_train_end(ctx)
         return self.finish()
 
     def _progress_fields(self) -> dict[str, Any]:
@@ -375,11 +396,12 @@ class Trainer:
         loss = "-" if tot.last_train_loss is None else f"{tot.last_train_loss:.3f}"
         return {"loss": loss, "val": val, "tps": f"{tps:,.0f}", "events": tot.events}
 
-    def _train_step(self, ctx: TrainingContext) -> None:
+    def _train_step(self) -> None:
         t = self.config.trainer
         started = time.perf_counter()
         self.step += 1
-        ctx.step = self.step
+        for _, ctx in self._hooked():
+            ctx.step = self.step
         lr = lr_at(self.step, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -388,12 +410,20 @@ class Trainer:
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             self._diverged(f"training loss became {loss_value}")
+        for strategy, ctx in self._hooked():
+            extra = strategy.extra_loss(ctx)
+            if extra is not None:
+                loss = loss + extra
         loss.backward()
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        before = [pop.before_update() for pop in self.populations]
         self.optimizer.step()
+        for pop, old in zip(self.populations, before, strict=True):
+            pop.after_update(old)
         self.optimizer.zero_grad(set_to_none=True)
-        self.strategy.on_step_end(ctx)
+        for strategy, ctx in self._hooked():
+            strategy.on_step_end(ctx)
         elapsed = time.perf_counter() - started
 
         tot = self.totals
@@ -405,18 +435,78 @@ class Trainer:
         tot.pending_tokens += n_tokens
         tot.pending_time_s += elapsed
         is_last = self.step == t.steps
-        is_eval = self.step % t.eval_interval == 0 or is_last
+        phase_ends = self._phase_ends_at(self.step)
+        is_eval = self.step % t.eval_interval == 0 or is_last or self._continual_eval_at(self.step)
+        corpus_losses = None
         if is_eval:
             _, tot.last_val_loss = self.evaluate()
-            self.strategy.on_evaluate(ctx, tot.last_val_loss)
+            corpus_losses = self.evaluate_corpora() if self.config.continual.phases else None
+            for strategy, ctx in self._hooked():
+                strategy.on_evaluate(ctx, tot.last_val_loss)
             if self.on_evaluate is not None:
                 self.on_evaluate(self.step, tot.last_val_loss)
         if is_eval or self.step % t.log_interval == 0:
-            self._write_metrics_row(lr, tot.last_val_loss if is_eval else None)
+            self._write_metrics_row(lr, tot.last_val_loss if is_eval else None, corpus_losses)
+        if phase_ends and not is_last:
+            self._end_phase()
         if self.step % t.checkpoint_interval == 0 or is_last:
             if not all(torch.isfinite(p).all() for p in self.model.parameters()):
                 self._diverged("weights became NaN or infinite")
             self.save_checkpoint()
+
+    # --- phases (continual training) ----------------------------------------------------------
+
+    @property
+    def current_corpus(self) -> str:
+        """The corpus of the step being trained (of the last one between steps)."""
+        return self.phase_corpora[self._phase_of(max(self.step, 1))]
+
+    @property
+    def data(self) -> CharDataset:
+        return self.corpora[self.current_corpus]
+
+    def _phase_of(self, step: int) -> int:
+        """The phase (0-based) that training step ``step`` (1-based) belongs to."""
+        if not self.config.continual.phases:
+            return 0
+        return min((step - 1) // self.config.continual.steps_per_phase, len(self.phase_corpora) - 1)
+
+    def _phase_ends_at(self, step: int) -> bool:
+        return bool(self.config.continual.phases) and step % self.config.continual.steps_per_phase == 0
+
+    def _continual_eval_at(self, step: int) -> bool:
+        """Every corpus is evaluated at each phase end and ``plasticity_steps`` into each phase."""
+        c = self.config.continual
+        return bool(c.phases) and (step % c.steps_per_phase in (0, c.plasticity_steps % c.steps_per_phase))
+
+    def _end_phase(self) -> None:
+        """Hooks see the phase that ends; then the next phase's corpus takes over."""
+        index = self._phase_of(self.step)
+        phase = Phase(index, self.phase_corpora[index], self.step)
+        for strategy, ctx in self._hooked():
+            strategy.on_phase_end(ctx, phase)
+        following = self.phase_corpora[index + 1]
+        self._append(
+            "events.jsonl",
+            json.dumps({"kind": "phase", "step": self.step, "layer": None, "ended": phase.corpus, "next": following}),
+        )
+        self._log(f"step {self.step}: phase {index + 1} ({phase.corpus}) ended; next: {following}")
+
+    def _load_corpora(self, vocab_chars: list[str] | None) -> tuple[dict[str, CharDataset], list[str]]:
+        """The datasets by corpus name, and the corpus of each phase. One corpus (``data.path``)
+        unless ``continual.phases`` is set; then one vocabulary over all corpora, fixed first."""
+        config = self.config
+        block, val_fraction = config.model.block_size, config.data.val_fraction
+        vocab = CharVocab(vocab_chars) if vocab_chars else None
+        if not config.continual.phases:
+            return {"main": CharDataset.from_text(load_corpus(config.data.path), block, val_fraction, vocab)}, ["main"]
+        from apoptosis.corpora import corpus_text, distinct_corpora, parse_phases, union_vocab
+
+        specs = parse_phases(",".join(config.continual.phases))
+        texts = {spec.name: corpus_text(spec) for spec in distinct_corpora(specs)}
+        vocab = vocab or union_vocab(texts.values())
+        corpora = {name: CharDataset.from_text(text, block, val_fraction, vocab) for name, text in texts.items()}
+        return corpora, [spec.name for spec in specs]
 
     def _diverged(self, what: str) -> None:
         kept = (
@@ -426,7 +516,7 @@ class Trainer:
         )
         raise TrainingDiverged(f"{what} at step {self.step}; {kept} (lower trainer.lr or check the strategy)")
 
-    def _write_metrics_row(self, lr: float, val_loss: float | None) -> None:
+    def _write_metrics_row(self, lr: float, val_loss: float | None, corpus_losses: dict[str, float] | None) -> None:
         tot = self.totals
         row = [
             self.step,
@@ -437,6 +527,11 @@ class Trainer:
             sum(self.model.mlp_widths()),
             tot.events,
         ]
+        if self.config.continual.phases:
+            losses = corpus_losses or {}
+            row += [self._phase_of(self.step)] + [
+                f"{losses[name]:.6f}" if name in losses else "" for name in self.corpora
+            ]
         self._append("metrics.csv", ",".join(map(str, row)))
         tot.pending_losses, tot.pending_tokens, tot.pending_time_s = [], 0, 0.0
 
@@ -466,6 +561,17 @@ class Trainer:
             "max_generation": self.lineage.max_generation(),
             "neurons": sum(self.model.mlp_widths()),
             "parameters": self.model.num_params(),
+            **self._continual_summary(),
+        }
+
+    def _continual_summary(self) -> dict[str, Any]:
+        """Phases and the final validation loss on every corpus (empty for one corpus)."""
+        if not self.config.continual.phases:
+            return {}
+        return {
+            "phases": self.phase_corpora,
+            "steps_per_phase": self.config.continual.steps_per_phase,
+            **{f"final_val_{name}": loss for name, loss in self.evaluate_corpora().items()},
         }
 
     def finish(self) -> dict[str, Any]:
@@ -479,9 +585,9 @@ class Trainer:
         return summary
 
 
-def _complete_row(line: str) -> bool:
+def _complete_row(line: str, width: int) -> bool:
     """False for a metrics row cut short by a kill."""
-    return len(line.split(",")) == len(METRIC_COLUMNS) and line.split(",", 1)[0].isdigit()
+    return len(line.split(",")) == width and line.split(",", 1)[0].isdigit()
 
 
 def _event_step(line: str) -> float:
