@@ -206,18 +206,8 @@ def compare(
     from apoptosis.compare import compare as run_comparison
     from apoptosis.compare import comparison_tables
 
-    names = [s.strip() for s in strategies.split(",") if s.strip()]
-    if not names or len(set(names)) != len(names):
-        raise ApoptosisError(f"--strategies needs distinct comma-separated names, got {strategies!r}")
-    sets: dict[str, dict] = {"strategy": {}, "then": {}}
-    other_sets = []
-    for assignment in set_ or []:
-        key, value = parse_set_option(assignment)
-        section, _, param = key.partition(".")
-        if section in sets and param != "name":
-            sets[section][param] = value
-        else:
-            other_sets.append(assignment)
+    names = _distinct_names(strategies, "--strategies")
+    sets, other_sets = _split_sets(set_)
     base = build_config(config, "none", "", steps, None, data, device, other_sets)
     name = name or f"{time.strftime('%Y%m%d-%H%M%S')}-compare"
     out_dir = runs_dir / name
@@ -225,6 +215,68 @@ def compare(
     for table in comparison_tables(frame, f"{name} ({base.trainer.steps} steps, seeds 1..{seeds})"):
         console.print(table)
     console.print(f"Comparison folder: {out_dir} (compare.csv, val_loss.png, ages.png)")
+
+
+def _distinct_names(text: str, option: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names or len(set(names)) != len(names):
+        raise ApoptosisError(f"{option} needs distinct comma-separated names, got {text!r}")
+    return names
+
+
+def _split_sets(assignments: list[str] | None) -> tuple[dict[str, dict], list[str]]:
+    """``--set`` for compared runs: ``strategy.X`` and ``then.X`` go to the strategies and followers
+    that have X; every other key goes to every run."""
+    sets: dict[str, dict] = {"strategy": {}, "then": {}}
+    others = []
+    for assignment in assignments or []:
+        key, value = parse_set_option(assignment)
+        section, _, param = key.partition(".")
+        if section in sets and param != "name":
+            sets[section][param] = value
+        else:
+            others.append(assignment)
+    return sets, others
+
+
+@app.command()
+def continual(
+    phases: Annotated[
+        str, typer.Option(help="corpus of each phase: shakespeare, python or name=FILE; names may repeat")
+    ] = "shakespeare,python,shakespeare",
+    steps_per_phase: Annotated[int, typer.Option(help="training steps of each phase")] = 1000,
+    plasticity_steps: Annotated[
+        int, typer.Option(help="K: every corpus is measured K steps into each phase (plasticity)")
+    ] = 100,
+    methods: Annotated[
+        str, typer.Option("--compare", help="methods, e.g. none,standard,stability_first,replay,standard+replay")
+    ] = "none,standard",
+    seeds: Annotated[int, typer.Option(help="seeds 1..N for every method")] = 1,
+    name: Annotated[str | None, typer.Option(help="folder name under runs/ (default: time)")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="folder holding run folders")] = Path("runs"),
+    device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config file for every run")] = None,
+    set_: SetOption = None,
+    workers: Annotated[int, typer.Option(help="runs in parallel processes")] = 1,
+) -> None:
+    """Train one model through phases of corpora with each method on the same seeds; measure
+    forgetting, plasticity (against fresh models) and reconsolidation; table, CSVs and plots."""
+    from apoptosis.continual import continual_config, continual_table, corpora_of, run_continual
+
+    labels = _distinct_names(methods, "--compare")
+    sets, other_sets = _split_sets(set_)
+    if steps_per_phase < 1:
+        raise ApoptosisError(f"--steps-per-phase must be >= 1, got {steps_per_phase}")
+    if not 1 <= plasticity_steps <= steps_per_phase:
+        raise ApoptosisError(f"--plasticity-steps must be in 1..{steps_per_phase} (--steps-per-phase)")
+    base = build_config(config, "none", "", None, None, None, device, other_sets)
+    base = continual_config(base, phases, steps_per_phase, plasticity_steps)
+    name = name or f"{time.strftime('%Y%m%d-%H%M%S')}-continual"
+    out_dir = runs_dir / name
+    table, _ = run_continual(base, labels, seeds, sets["strategy"], sets["then"], out_dir, workers, console)
+    title = f"{name}: {' -> '.join(phases.split(','))}, {steps_per_phase} steps per phase, seeds 1..{seeds}"
+    console.print(continual_table(table, corpora_of(base), title))
+    console.print(f"Folder: {out_dir} (continual.csv, phases.csv, continual_loss.png, plasticity.png, fresh/)")
 
 
 @app.command()

@@ -45,25 +45,28 @@ def plan_runs(
     out_dir: Path,
     then_sets: dict[str, Any] | None = None,
 ) -> list[PlannedRun]:
-    """One config per (strategy, seed); a strategy ``A+B`` is A with follower B. ``strategy_sets``
-    (from ``--set strategy.X=...``) go to every strategy that has parameter X, ``then_sets`` to
-    every follower; a setting that nothing compared has is an error."""
+    """One config per (strategy, seed); a strategy ``A+B`` is A with follower B (a follower alone
+    follows ``none``). ``strategy_sets`` (from ``--set strategy.X=...``) go to every strategy that
+    has parameter X, ``then_sets`` to every follower that has it; a setting that nothing compared
+    has is an error."""
     from apoptosis.strategy import build_strategy, resolve_composition
 
     then_sets = then_sets or {}
     pairs = {label: resolve_composition(label) for label in strategies}
-    known = {name: {row["name"] for row in build_strategy(name).Params.describe()} for name, _ in pairs.values()}
-    unused = [key for key in strategy_sets if not any(key in params for params in known.values())]
-    if unused:
-        raise ApoptosisError(f"no compared strategy has parameter {unused[0]!r} (--set strategy.{unused[0]})")
-    if then_sets and not any(follower for _, follower in pairs.values()):
-        raise ApoptosisError("--set then.* needs a compared strategy with a follower, e.g. standard+lazarus")
+    known = {name: _param_names(name) for name, _ in pairs.values()}
+    known_then = {follower: _param_names(follower, follower=True) for _, follower in pairs.values() if follower}
+    for sets, names, section in ((strategy_sets, known, "strategy"), (then_sets, known_then, "then")):
+        unused = [key for key in sets if not any(key in params for params in names.values())]
+        if unused:
+            whom = "strategy" if section == "strategy" else "follower (A+B)"
+            raise ApoptosisError(f"no compared {whom} has parameter {unused[0]!r} (--set {section}.{unused[0]})")
     runs = []
     for label, (name, follower) in pairs.items():
         params = {k: v for k, v in strategy_sets.items() if k in known[name]}
         build_strategy(name, params)  # validate before any run starts
-        then = StrategyConfig(name=follower, params=dict(then_sets)) if follower else no_follower()
+        then = no_follower()
         if follower:
+            then = StrategyConfig(follower, {k: v for k, v in then_sets.items() if k in known_then[follower]})
             build_strategy(follower, then.params, follower=True)
         for seed in seeds:
             config = copy.deepcopy(base)
@@ -74,6 +77,12 @@ def plan_runs(
     return runs
 
 
+def _param_names(name: str, follower: bool = False) -> set[str]:
+    from apoptosis.strategy import build_strategy
+
+    return {row["name"] for row in build_strategy(name, follower=follower).Params.describe()}
+
+
 def _run_one(run: PlannedRun, threads: int | None) -> dict[str, Any]:
     import torch
 
@@ -82,7 +91,7 @@ def _run_one(run: PlannedRun, threads: int | None) -> dict[str, Any]:
     if threads is not None:
         torch.set_num_threads(threads)
     summary = Trainer(run.config, run.run_dir, show_progress=False).fit()
-    return {"strategy": run.strategy, "seed": run.seed, "run": run.run_dir.name, **summary}
+    return {**summary, "strategy": run.strategy, "seed": run.seed, "run": run.run_dir.name}
 
 
 def run_all(runs: list[PlannedRun], workers: int, console: Console) -> pd.DataFrame:

@@ -267,7 +267,8 @@ class Trainer:
     def _run_event(self, kind: str, surgery: Surgery) -> None:
         number = self.totals.events + 1
         first = before = self.probe_loss()
-        model_before = frozen_copy(self.model) if self.follower is not None else None
+        follower = self.follower if self._follows_events() else None
+        model_before = frozen_copy(self.model) if follower is not None else None
         changed = False
         for pop in self.populations:
             mark = self.lineage.mark()
@@ -300,11 +301,15 @@ class Trainer:
         self.totals.events = number
         self.totals.surgery_disruptions.append(before - first)
         message = f"step {self.step}: {kind} event {number}, probe loss {first:.4f} -> {before:.4f}"
-        if self.follower is not None and model_before is not None:
-            before = self._run_follower(self.follower, Event(number, self.step, kind, model_before), before)
-            message += f" -> {before:.4f} after {self.follower.name}"
+        if follower is not None and model_before is not None:
+            before = self._run_follower(follower, Event(number, self.step, kind, model_before), before)
+            message += f" -> {before:.4f} after {follower.name}"
         self.totals.disruptions.append(before - first)
         self._log(message)
+
+    def _follows_events(self) -> bool:
+        """True when the follower has something to do after an event (not all followers do)."""
+        return self.follower is not None and type(self.follower).on_event_end is not Strategy.on_event_end
 
     def _run_follower(self, follower: Strategy, event: Event, before: float) -> float:
         """The follower's turn after an event, with its own random stream; one events.jsonl line
@@ -411,9 +416,11 @@ class Trainer:
         if not math.isfinite(loss_value):
             self._diverged(f"training loss became {loss_value}")
         for strategy, ctx in self._hooked():
-            extra = strategy.extra_loss(ctx)
-            if extra is not None:
-                loss = loss + extra
+            if type(strategy).extra_loss is not Strategy.extra_loss:
+                with self.fitness.paused():  # its own forward passes are not what fitness measures
+                    extra = strategy.extra_loss(ctx)
+                if extra is not None:
+                    loss = loss + extra
         loss.backward()
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)

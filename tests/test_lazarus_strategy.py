@@ -151,4 +151,4 @@ def test_cli_then_and_compare_with_a_follower(tmp_path: Path) -> None:
         result = run_cli(["compare", "--strategies", strategies, "--name", "d", *tiny], tmp_path)
         assert result.returncode == 2 and message in result.stderr
     result = run_cli(["compare", "--strategies", "standard", "--set", "then.steps=2", "--name", "d", *tiny], tmp_path)
-    assert result.returncode == 2 and "needs a compared strategy with a follower" in result.stderr
+    assert result.returncode == 2 and "no compared follower (A+B) has parameter 'steps'" in result.stderr

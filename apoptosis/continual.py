@@ -1,0 +1,220 @@
+"""``apoptosis continual``: one model trained through phases of different corpora, every method on
+the same seeds, and what each does to forgetting, plasticity and reconsolidation.
+
+Each (method, seed) is an ordinary run folder (``runs/<name>/<method>-s<seed>/``) whose config
+has a ``[continual]`` table. Plasticity needs a yardstick: for every corpus and seed a fresh
+model (strategy ``none``, same vocabulary and schedule) is trained for ``plasticity_steps`` steps
+on that corpus alone (``runs/<name>/fresh/<corpus>-s<seed>/``). The measures themselves are
+``continual_measures.continual_measures``; they are added to each run's ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+from scipy import stats
+
+from apoptosis.compare import PlannedRun, plan_runs, run_all
+from apoptosis.config import RunConfig, StrategyConfig, no_follower
+from apoptosis.continual_measures import continual_measures
+from apoptosis.corpora import BUILTIN_CORPORA, PhaseSpec, distinct_corpora, parse_phases
+from apoptosis.errors import ApoptosisError
+from apoptosis.io import atomic_write_json, atomic_write_text
+
+FRESH = "fresh"
+
+
+def spec_text(spec: PhaseSpec) -> str:
+    """How a phase is saved in a config: a built-in name, or ``name=/absolute/path``."""
+    return spec.name if spec.name in BUILTIN_CORPORA else f"{spec.name}={Path(spec.source).resolve()}"
+
+
+def continual_config(base: RunConfig, phases: str, steps_per_phase: int, plasticity_steps: int) -> RunConfig:
+    """``base`` trained through ``phases`` (e.g. ``shakespeare,python,shakespeare``), each
+    ``steps_per_phase`` steps long."""
+    specs = parse_phases(phases)
+    config = copy.deepcopy(base)
+    config.continual.phases = [spec_text(spec) for spec in specs]
+    config.continual.steps_per_phase = steps_per_phase
+    config.continual.plasticity_steps = plasticity_steps
+    config.trainer.steps = len(specs) * steps_per_phase
+    config.validate()
+    return config
+
+
+def fresh_config(config: RunConfig, corpus: str, seed: int) -> RunConfig:
+    """A freshly initialised baseline trained ``plasticity_steps`` steps on ``corpus`` alone, with
+    the run's vocabulary (every corpus is still listed, after this one, so the vocabulary and the
+    evaluation columns are the same) and the same learning-rate schedule."""
+    specs = distinct_corpora(parse_phases(",".join(config.continual.phases)))
+    first = [s for s in specs if s.name == corpus]
+    fresh = copy.deepcopy(config)
+    fresh.continual.phases = [spec_text(s) for s in first + [s for s in specs if s.name != corpus]]
+    fresh.trainer.steps = config.continual.plasticity_steps
+    fresh.trainer.seed = seed
+    fresh.strategy, fresh.then = StrategyConfig(name="none"), no_follower()
+    return fresh
+
+
+def plan_continual(
+    config: RunConfig,
+    labels: list[str],
+    seeds: list[int],
+    strategy_sets: dict[str, Any],
+    then_sets: dict[str, Any],
+    out_dir: Path,
+) -> tuple[list[PlannedRun], list[PlannedRun]]:
+    """The method runs and the fresh baselines (one per corpus and seed)."""
+    runs = plan_runs(config, labels, seeds, strategy_sets, out_dir, then_sets)
+    corpora = [s.name for s in distinct_corpora(parse_phases(",".join(config.continual.phases)))]
+    fresh = [
+        PlannedRun(f"{FRESH}-{corpus}", seed, out_dir / FRESH / f"{corpus}-s{seed}", fresh_config(config, corpus, seed))
+        for corpus in corpora
+        for seed in seeds
+    ]
+    return runs, fresh
+
+
+def measure_run(run_dir: Path, config: RunConfig, fresh: dict[str, float]) -> dict[str, Any]:
+    """The continual measures of one finished run, also written into its ``summary.json``."""
+    from apoptosis.trainer import read_metrics
+
+    c = config.continual
+    phases = [s.name for s in parse_phases(",".join(c.phases))]
+    evals = read_metrics(run_dir).dropna(subset=[f"val_{phases[0]}"])
+    measures = continual_measures(evals, phases, c.steps_per_phase, c.plasticity_steps, fresh)
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    summary["continual"] = measures
+    atomic_write_json(summary_path, summary)
+    return measures
+
+
+def run_continual(
+    config: RunConfig,
+    labels: list[str],
+    seeds: int,
+    strategy_sets: dict[str, Any],
+    then_sets: dict[str, Any],
+    out_dir: Path,
+    workers: int,
+    console: Console,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run every method and baseline; return (one row per run, one row per run and phase) and
+    write them as ``continual.csv`` and ``phases.csv`` with the plots."""
+    if seeds < 1:
+        raise ApoptosisError(f"--seeds must be >= 1, got {seeds}")
+    if workers < 1:
+        raise ApoptosisError(f"--workers must be >= 1, got {workers}")
+    if (out_dir / "continual.csv").exists():
+        raise ApoptosisError(f"{out_dir} already holds a continual comparison: choose another --name")
+    runs, fresh = plan_continual(config, labels, list(range(1, seeds + 1)), strategy_sets, then_sets, out_dir)
+    for run in runs + fresh:
+        if (run.run_dir / "config.toml").exists():
+            raise ApoptosisError(f"run folder {run.run_dir} already holds a run: choose another --name")
+    frame = run_all(runs + fresh, workers, console)
+    baselines = {
+        seed: {
+            name.removeprefix(f"{FRESH}-"): float(row[f"final_val_{name.removeprefix(f'{FRESH}-')}"])
+            for name, row in group.set_index("strategy").iterrows()
+        }
+        for seed, group in frame[frame["strategy"].str.startswith(f"{FRESH}-")].groupby("seed")
+    }
+    rows, phase_rows = [], []
+    for run in runs:
+        measures = measure_run(run.run_dir, run.config, baselines[run.seed])
+        flat = {k: v for k, v in measures.items() if not isinstance(v, list | dict)}
+        rows.append({"method": run.strategy, "seed": run.seed, "run": run.run_dir.name, **flat})
+        phase_rows += [{"method": run.strategy, "seed": run.seed, **p} for p in measures["phases"]]
+    order = {label: i for i, label in enumerate(labels)}
+    table = pd.DataFrame(rows).sort_values(["method", "seed"], key=lambda c: c.map(order) if c.name == "method" else c)
+    per_phase = pd.DataFrame(phase_rows)
+    atomic_write_text(out_dir / "continual.csv", table.to_csv(index=False))
+    atomic_write_text(out_dir / "phases.csv", per_phase.to_csv(index=False))
+    plot_continual(runs, per_phase, out_dir)
+    return table, per_phase
+
+
+def _mean_interval(values: pd.Series, fmt: str) -> str:
+    """``mean ± half-width of the 95% t-interval`` over seeds (just the mean for one seed)."""
+    values = values.dropna().astype(float)
+    if values.empty:
+        return "-"
+    mean = values.mean()
+    if len(values) < 2:
+        return format(mean, fmt)
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return f"{format(mean, fmt)} ± {format(half, fmt.lstrip('+'))}"
+
+
+def continual_table(table: pd.DataFrame, corpora: list[str], title: str) -> Table:
+    """Per method, mean ± 95% interval over seeds of each measure and of the final loss per corpus."""
+    out = Table(
+        title=f"{title}\n(mean ± 95% t-interval over seeds; forgetting > 0: worse on the old corpus; "
+        "plasticity < 1: learns faster than a fresh model; reconsolidation: steps back to the earlier loss)",
+        title_justify="left",
+    )
+    columns = ["method", "seeds", "forgetting", "plasticity", "plast. slope", "reconsol. steps"]
+    columns += [f"final {c}" for c in corpora] + ["final mean"]
+    for i, column in enumerate(columns):
+        out.add_column(column, justify="left" if i == 0 else "right")
+    for method, group in table.groupby("method", sort=False):
+        not_reached = int(group["reconsolidation_not_reached"].fillna(0).sum())
+        reconsolidation = _mean_interval(group["reconsolidation_steps_mean"], ".0f")
+        out.add_row(
+            str(method),
+            str(len(group)),
+            _mean_interval(group["forgetting_mean"], "+.4f"),
+            _mean_interval(group["plasticity_ratio_mean"], ".4f"),
+            _mean_interval(group["plasticity_ratio_slope"], "+.4f"),
+            reconsolidation + (f" ({not_reached} not back)" if not_reached else ""),
+            *(_mean_interval(group[f"final_val_{c}"], ".4f") for c in corpora),
+            _mean_interval(group["final_val_mean"], ".4f"),
+        )
+    return out
+
+
+def plot_continual(runs: list[PlannedRun], per_phase: pd.DataFrame, out_dir: Path) -> None:
+    """``continual_loss.png``: validation loss on each corpus over the run (one panel per corpus,
+    mean ± sd over seeds per method, solid lines at phase ends); ``plasticity.png``: the
+    plasticity ratio of each phase per method."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from apoptosis.plots import save_figure
+    from apoptosis.trainer import read_metrics
+
+    curves = []
+    for run in runs:
+        metrics = read_metrics(run.run_dir)
+        value_columns = [c for c in metrics.columns if c.startswith("val_") and c != "val_loss"]
+        long = metrics.melt(id_vars="step", value_vars=value_columns, var_name="corpus", value_name="loss")
+        curves.append(long.dropna().assign(method=run.strategy, seed=run.seed))
+    data = pd.concat(curves)
+    data["corpus"] = data["corpus"].str.removeprefix("val_")
+    grid = sns.relplot(
+        data=data, x="step", y="loss", hue="method", col="corpus", kind="line", errorbar="sd", height=3.5
+    )
+    c = runs[0].config.continual
+    for ax in grid.axes.flat:
+        for i in range(1, len(c.phases)):
+            ax.axvline(i * c.steps_per_phase, color="black", linewidth=1)
+    grid.figure.suptitle("validation loss per corpus (mean ± sd over seeds); solid lines: phase ends", y=1.03)
+    save_figure(grid.figure, out_dir / "continual_loss.png")
+    fig, ax = plt.subplots(figsize=(8, 4))
+    sns.pointplot(data=per_phase, x="index", y="plasticity_ratio", hue="method", errorbar="sd", dodge=0.3, ax=ax)
+    ax.axhline(1.0, color="grey", linestyle=":")
+    ax.set_xlabel("phase")
+    ax.set_title("plasticity ratio per phase (loss after K steps / fresh model's; below 1 = faster)")
+    save_figure(fig, out_dir / "plasticity.png")
+
+
+def corpora_of(config: RunConfig) -> list[str]:
+    return [s.name for s in distinct_corpora(parse_phases(",".join(config.continual.phases)))]
