@@ -261,7 +261,7 @@ def continual(
 ) -> None:
     """Train one model through phases of corpora with each method on the same seeds; measure
     forgetting, plasticity (against fresh models) and reconsolidation; table, CSVs and plots."""
-    from apoptosis.continual import continual_config, continual_table, corpora_of, run_continual
+    from apoptosis.continual import continual_config, continual_tables, corpora_of, run_continual
 
     labels = _distinct_names(methods, "--compare")
     sets, other_sets = _split_sets(set_)
@@ -275,7 +275,8 @@ def continual(
     out_dir = runs_dir / name
     table, _ = run_continual(base, labels, seeds, sets["strategy"], sets["then"], out_dir, workers, console)
     title = f"{name}: {' -> '.join(phases.split(','))}, {steps_per_phase} steps per phase, seeds 1..{seeds}"
-    console.print(continual_table(table, corpora_of(base), title))
+    for printed in continual_tables(table, corpora_of(base), title):
+        console.print(printed)
     console.print(f"Folder: {out_dir} (continual.csv, phases.csv, continual_loss.png, plasticity.png, fresh/)")
 
 

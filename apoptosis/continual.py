@@ -154,31 +154,37 @@ def _mean_interval(values: pd.Series, fmt: str) -> str:
     return f"{format(mean, fmt)} ± {format(half, fmt.lstrip('+'))}"
 
 
-def continual_table(table: pd.DataFrame, corpora: list[str], title: str) -> Table:
-    """Per method, mean ± 95% interval over seeds of each measure and of the final loss per corpus."""
-    out = Table(
-        title=f"{title}\n(mean ± 95% t-interval over seeds; forgetting > 0: worse on the old corpus; "
-        "plasticity < 1: learns faster than a fresh model; reconsolidation: steps back to the earlier loss)",
+def continual_tables(table: pd.DataFrame, corpora: list[str], title: str) -> list[Table]:
+    """Per method, mean ± 95% interval over seeds: the continual measures, then the final
+    validation loss on every corpus (two tables, so each fits a terminal)."""
+    measures = Table(
+        title=f"{title}: measures (mean ± 95% t-interval over seeds)\n(forgetting > 0: worse on the old corpus "
+        "after the next phase; plasticity < 1: learns a phase's corpus faster than a fresh model; slope: its "
+        "change per phase; reconsolidation: steps back to the earlier loss)",
         title_justify="left",
     )
-    columns = ["method", "seeds", "forgetting", "plasticity", "plast. slope", "reconsol. steps"]
-    columns += [f"final {c}" for c in corpora] + ["final mean"]
-    for i, column in enumerate(columns):
-        out.add_column(column, justify="left" if i == 0 else "right")
+    finals = Table(title=f"{title}: final validation loss (mean ± 95% t-interval over seeds)", title_justify="left")
+    for i, column in enumerate(["method", "seeds", "forgetting", "plasticity", "plast. slope", "reconsolidation"]):
+        measures.add_column(column, justify="left" if i == 0 else "right", no_wrap=i > 0)
+    for i, column in enumerate(["method", *corpora, "mean"]):
+        finals.add_column(column, justify="left" if i == 0 else "right", no_wrap=i > 0)
     for method, group in table.groupby("method", sort=False):
         not_reached = int(group["reconsolidation_not_reached"].fillna(0).sum())
         reconsolidation = _mean_interval(group["reconsolidation_steps_mean"], ".0f")
-        out.add_row(
+        measures.add_row(
             str(method),
             str(len(group)),
             _mean_interval(group["forgetting_mean"], "+.4f"),
             _mean_interval(group["plasticity_ratio_mean"], ".4f"),
             _mean_interval(group["plasticity_ratio_slope"], "+.4f"),
             reconsolidation + (f" ({not_reached} not back)" if not_reached else ""),
+        )
+        finals.add_row(
+            str(method),
             *(_mean_interval(group[f"final_val_{c}"], ".4f") for c in corpora),
             _mean_interval(group["final_val_mean"], ".4f"),
         )
-    return out
+    return [measures, finals]
 
 
 def plot_continual(runs: list[PlannedRun], per_phase: pd.DataFrame, out_dir: Path) -> None:
