@@ -1,4 +1,5 @@
-"""The ``damage``, ``recover`` and ``compress`` commands (Lazarus), added to the app by ``register``.
+"""The ``damage``, ``recover``, ``compress`` and ``lazarus-curve`` commands (Lazarus), added to the
+app by ``register``.
 
 Each command writes one new folder and refuses to overwrite one, so a damaged, recovered or
 compressed model can always be traced back to the run it came from.
@@ -199,11 +200,58 @@ def compress(
         console.print(f"Compressed model: {out}")
 
 
+def lazarus_curve(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run folder, e.g. runs/NAME")],
+    noise: Annotated[str, typer.Option(help='noise levels ALPHA, comma-separated ("" for none)')] = "0.1,0.2,0.3,0.35",
+    prune: Annotated[str, typer.Option(help='pruned fractions, comma-separated ("" for none)')] = "0.3,0.5,0.7,0.8",
+    structured: Annotated[bool, typer.Option(help="prune whole MLP neurons instead of single weights")] = False,
+    modes: Annotated[str, typer.Option(help="frozen and/or regrow, comma-separated (pruning only)")] = "frozen,regrow",
+    anchors: Annotated[str, typer.Option(help="original and/or damaged, comma-separated")] = "original,damaged",
+    losses: Annotated[
+        str, typer.Option(help="any of full, consistency, stability, entropy (no recovery is always included)")
+    ] = "full,consistency,stability,entropy",
+    seeds: Annotated[int, typer.Option(help="seeds 0..N-1 (noise draw and recovery inputs)")] = 3,
+    steps: Annotated[int, typer.Option(help="recovery steps")] = 200,
+    lr: LrOption = 1e-4,
+    batch_size: BatchOption = None,
+    seq_len: SeqLenOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="folder to write or to resume (default: RUN_DIR/lazarus-curve)")
+    ] = None,
+    device: DeviceOption = "cpu",
+    quiet: QuietOption = False,
+) -> None:
+    """Sweep damage levels x anchors x modes x losses x seeds, with the no-recovery and temperature
+    controls: curve.csv (resumable), curve.json, recovery.png, val_loss.png and a table."""
+    from apoptosis.lazarus_curve import sweep
+
+    _check_device(device)
+    sweep(
+        run_dir,
+        noise=noise,
+        prune=prune,
+        modes=modes,
+        anchors=anchors,
+        losses=losses,
+        structured=structured,
+        seeds=seeds,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        out=out,
+        device=device,
+        console=console,
+        quiet=quiet,
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``damage``, ``recover`` and ``compress`` to ``app``."""
+    """Add ``damage``, ``recover``, ``compress`` and ``lazarus-curve`` to ``app``."""
     app.command()(damage)
     app.command()(recover)
     app.command()(compress)
+    app.command("lazarus-curve")(lazarus_curve)
 
 
 # --- helpers ----------------------------------------------------------------------------------
