@@ -279,6 +279,20 @@ def checkpoint_dict(model: GPT, vocab: CharVocab, config: dict[str, Any], masks:
     }
 
 
+def find_damaged(folder: str | Path) -> Path:
+    """``folder`` itself when it holds a damaged model; for a run folder with exactly one
+    ``damaged-*`` folder, that one (so ``apoptosis recover RUN_DIR`` works after one damage)."""
+    folder = Path(folder)
+    if (folder / MODEL_FILE).is_file() or not (folder / "checkpoints" / "last.pt").is_file():
+        return folder
+    damaged = sorted(p for p in folder.glob("damaged-*") if (p / MODEL_FILE).is_file())
+    if len(damaged) == 1:
+        return damaged[0]
+    if not damaged:
+        raise ApoptosisError(f"{folder} is a run with no damaged model yet: run `apoptosis damage {folder}` first")
+    raise ApoptosisError(f"{folder} has several damaged models; pass one of: {', '.join(str(p) for p in damaged)}")
+
+
 def load_damaged(folder: str | Path, device: str = "cpu") -> DamagedCheckpoint:
     """Read ``folder/model.pt`` and find its original run (stored relative to the folder)."""
     folder = Path(folder)

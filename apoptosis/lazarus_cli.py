@@ -64,7 +64,9 @@ def damage(
 
 
 def recover(
-    damaged_dir: Annotated[Path, typer.Argument(help="a folder written by `apoptosis damage`")],
+    damaged_dir: Annotated[
+        Path, typer.Argument(help="a folder written by `apoptosis damage`, or a run folder holding exactly one")
+    ],
     steps: Annotated[int, typer.Option(help="recovery steps")] = 200,
     mode: Annotated[str, typer.Option(help="frozen (pruned weights stay zero) or regrow")] = "frozen",
     loss: LossOption = "full",
@@ -81,11 +83,12 @@ def recover(
 ) -> None:
     """Recover a damaged model without training data; measure it against clean, damaged and
     temperature-scaled models on validation text; write DAMAGED_DIR/recovered-<anchor>-<loss>-<mode>-<steps>/."""
-    from apoptosis.damage import checkpoint_dict, load_damaged, model_size, refuse_existing, write_folder
+    from apoptosis.damage import checkpoint_dict, find_damaged, load_damaged, model_size, refuse_existing, write_folder
     from apoptosis.recovery import RecoverySettings, compare_models, evaluation_batches, recover_copy
     from apoptosis.trainer import load_model
 
     _check_device(device)
+    damaged_dir = find_damaged(damaged_dir)
     damaged = load_damaged(damaged_dir, device)
     settings = RecoverySettings(
         steps, mode, loss, anchor, lr, batch_size or damaged.config.trainer.batch_size, seq_len, seed=seed

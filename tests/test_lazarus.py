@@ -265,6 +265,12 @@ def test_damage_recover_compress_commands_write_their_folders(run_dir, tmp_path,
     assert set(summary["models"]) == {"clean", "damaged", "temperature_scaled", "recovered"}
     assert len(summary["history"]) == 5 and "recovered_loss" in summary["recovery"]
     assert load_damaged(out).run_dir.resolve() == run.resolve()
+    via_run = tmp_path / "via-run"  # the run folder itself names its only damaged model
+    assert cli("recover", run, "--steps", 2, "--quiet", "--out", via_run).exit_code == 0
+    assert json.loads((via_run / "recovery.json").read_text())["damage"]["structured"] is True
+    assert cli("damage", run, "--noise", "0.1").exit_code == 0
+    result = cli("recover", run, "--steps", 2, "--quiet")
+    assert isinstance(result.exception, ApoptosisError) and "several damaged models" in str(result.exception)
 
     result = cli("compress", run, "--prune", "0.6", "--recover-steps", 5, "--quiet")
     assert result.exit_code == 0, result.output
