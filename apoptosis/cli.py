@@ -248,9 +248,13 @@ def continual(
     plasticity_steps: Annotated[
         int, typer.Option(help="K: every corpus is measured K steps into each phase (plasticity)")
     ] = 100,
+    strategy: Annotated[
+        str | None, typer.Option(help="one method, e.g. standard, replay or standard+stability_first")
+    ] = None,
     methods: Annotated[
-        str, typer.Option("--compare", help="methods, e.g. none,standard,stability_first,replay,standard+replay")
-    ] = "none,standard",
+        str | None,
+        typer.Option("--compare", help="methods (default none,standard), e.g. none,standard,stability_first,replay"),
+    ] = None,
     seeds: Annotated[int, typer.Option(help="seeds 1..N for every method")] = 1,
     name: Annotated[str | None, typer.Option(help="folder name under runs/ (default: time)")] = None,
     runs_dir: Annotated[Path, typer.Option(help="folder holding run folders")] = Path("runs"),
@@ -263,7 +267,9 @@ def continual(
     forgetting, plasticity (against fresh models) and reconsolidation; table, CSVs and plots."""
     from apoptosis.continual import continual_config, continual_tables, corpora_of, run_continual
 
-    labels = _distinct_names(methods, "--compare")
+    if strategy is not None and methods is not None:
+        raise ApoptosisError("give --strategy S (one method) or --compare A,B,... (several), not both")
+    labels = [strategy] if strategy is not None else _distinct_names(methods or "none,standard", "--compare")
     sets, other_sets = _split_sets(set_)
     if steps_per_phase < 1:
         raise ApoptosisError(f"--steps-per-phase must be >= 1, got {steps_per_phase}")

@@ -246,6 +246,7 @@ def test_continual_command_table_csvs_plots_and_errors(tmp_path: Path) -> None:
         ("--phases", "prose"): "unknown corpus",
         ("--phases", "shakespeare", "--plasticity-steps", "50", "--steps-per-phase", "20"): "--plasticity-steps",
         ("--compare", "none,none"): "distinct",
+        ("--compare", "none", "--strategy", "standard"): "not both",
         ("--set", "then.nothing=1", "--compare", "standard+replay"): "no compared follower",
     }
     for extra, message in bad.items():
