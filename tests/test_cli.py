@@ -204,6 +204,8 @@ def test_strategies_json(tmp_path: Path) -> None:
 def test_strategies_pattern_filters(monkeypatch, capsys) -> None:
     code, out, err = run_main(["strategies", "--json", "st*"], monkeypatch, capsys)
     assert code == 0, err
+    assert [item["name"] for item in json.loads(out)] == ["stability_first", "standard"]
+    code, out, err = run_main(["strategies", "--json", "stan*"], monkeypatch, capsys)
     assert [item["name"] for item in json.loads(out)] == ["standard"]
     code, out, _ = run_main(["strategies", "--json", "zzz*"], monkeypatch, capsys)
     assert code == 0 and json.loads(out) == []

@@ -70,10 +70,9 @@ def test_grown_run_saves_loads_and_resumes(tmp_path: Path) -> None:
     halted = tmp_path / "halted"
     trainer = Trainer(config, halted, show_progress=False)
     trainer.fitness.attach()
-    ctx = trainer._context()
     trainer.model.train()
     while trainer.step < 20:
-        trainer._train_step(ctx)
+        trainer._train_step()
     trainer.fitness.detach()
     assert trainer.model.mlp_widths() == [100, 100]
     resumed = Trainer(config, halted, resume=True, show_progress=False).fit()
