@@ -164,19 +164,20 @@ def continual_tables(table: pd.DataFrame, corpora: list[str], title: str) -> lis
         title_justify="left",
     )
     finals = Table(title=f"{title}: final validation loss (mean ± 95% t-interval over seeds)", title_justify="left")
+    width = max(6, *(len(str(m)) for m in table["method"]))  # method names are never squeezed away
     for i, column in enumerate(["method", "seeds", "forgetting", "plasticity", "plast. slope", "reconsolidation"]):
-        measures.add_column(column, justify="left" if i == 0 else "right", no_wrap=i > 0)
+        measures.add_column(column, justify="left" if i == 0 else "right", min_width=width if i == 0 else None)
     for i, column in enumerate(["method", *corpora, "mean"]):
-        finals.add_column(column, justify="left" if i == 0 else "right", no_wrap=i > 0)
+        finals.add_column(column, justify="left" if i == 0 else "right", min_width=width if i == 0 else None)
     for method, group in table.groupby("method", sort=False):
         not_reached = int(group["reconsolidation_not_reached"].fillna(0).sum())
         reconsolidation = _mean_interval(group["reconsolidation_steps_mean"], ".0f")
         measures.add_row(
             str(method),
             str(len(group)),
-            _mean_interval(group["forgetting_mean"], "+.4f"),
-            _mean_interval(group["plasticity_ratio_mean"], ".4f"),
-            _mean_interval(group["plasticity_ratio_slope"], "+.4f"),
+            _mean_interval(group["forgetting_mean"], "+.3f"),
+            _mean_interval(group["plasticity_ratio_mean"], ".3f"),
+            _mean_interval(group["plasticity_ratio_slope"], "+.3f"),
             reconsolidation + (f" ({not_reached} not back)" if not_reached else ""),
         )
         finals.add_row(
