@@ -158,10 +158,12 @@ def continual_tables(table: pd.DataFrame, corpora: list[str], title: str) -> lis
     """Per method, mean ± 95% interval over seeds: the continual measures, then the final
     validation loss on every corpus (two tables, so each fits a terminal)."""
     measures = Table(
-        title=f"{title}: measures (mean ± 95% t-interval over seeds)\n(forgetting > 0: worse on the old corpus "
-        "after the next phase; plasticity < 1: learns a phase's corpus faster than a fresh model; slope: its "
-        "change per phase; reconsolidation: steps back to the earlier loss)",
+        title=f"{title}: measures (mean ± 95% t-interval over seeds)",
         title_justify="left",
+        caption="forgetting > 0: worse on the old corpus after the next phase\n"
+        "plasticity < 1: learns a phase's corpus faster than a fresh model; slope: change per phase\n"
+        "reconsolidation: steps until a returning corpus is back at its earlier loss",
+        caption_justify="left",
     )
     finals = Table(title=f"{title}: final validation loss (mean ± 95% t-interval over seeds)", title_justify="left")
     width = max(6, *(len(str(m)) for m in table["method"]))  # method names are never squeezed away
