@@ -218,7 +218,8 @@ def plot_continual(runs: list[PlannedRun], per_phase: pd.DataFrame, out_dir: Pat
     grid.figure.suptitle("validation loss per corpus (mean ± sd over seeds); solid lines: phase ends", y=1.03)
     save_figure(grid.figure, out_dir / "continual_loss.png")
     fig, ax = plt.subplots(figsize=(8, 4))
-    sns.pointplot(data=per_phase, x="index", y="plasticity_ratio", hue="method", errorbar="sd", dodge=0.3, ax=ax)
+    dodge = 0.3 if per_phase["method"].nunique() > 1 else False  # seaborn cannot dodge a single method
+    sns.pointplot(data=per_phase, x="index", y="plasticity_ratio", hue="method", errorbar="sd", dodge=dodge, ax=ax)
     ax.axhline(1.0, color="grey", linestyle=":")
     ax.set_xlabel("phase")
     ax.set_title("plasticity ratio per phase (loss after K steps / fresh model's; below 1 = faster)")

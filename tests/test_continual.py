@@ -242,6 +242,13 @@ def test_continual_command_table_csvs_plots_and_errors(tmp_path: Path) -> None:
     for plot in ("continual_loss.png", "plasticity.png"):
         assert (out / plot).stat().st_size > 0
 
+    one = ["continual", "--phases", f"prose={prose},code={code}", "--steps-per-phase", "10",
+           "--plasticity-steps", "5", "--strategy", "standard+replay", "--name", "one", *tiny]  # fmt: skip
+    single = run_cli(one, tmp_path)
+    assert single.returncode == 0, single.stderr
+    assert list(pd.read_csv(tmp_path / "runs" / "one" / "continual.csv")["method"]) == ["standard+replay"]
+    assert (tmp_path / "runs" / "one" / "plasticity.png").exists()
+
     bad = {
         ("--phases", "prose"): "unknown corpus",
         ("--phases", "shakespeare", "--plasticity-steps", "50", "--steps-per-phase", "20"): "--plasticity-steps",
