@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -578,6 +579,8 @@ class Trainer:
         return {
             "phases": self.phase_corpora,
             "steps_per_phase": self.config.continual.steps_per_phase,
+            "corpus_chars": {name: len(data.train) + len(data.val) for name, data in self.corpora.items()},
+            "python_version": platform.python_version(),  # the `python` corpus is this version's library
             **{f"final_val_{name}": loss for name, loss in self.evaluate_corpora().items()},
         }
 

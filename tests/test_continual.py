@@ -86,6 +86,7 @@ def test_phases_switch_corpus_evaluate_every_corpus_and_restart_the_schedule(tmp
     assert [(e["step"], e["ended"], e["next"]) for e in phase_lines] == [(S, "prose", "code"), (2 * S, "code", "prose")]
     assert lr_at(S + 1, config) == lr_at(1, config) and lr_at(2 * S, config) == lr_at(S, config)
     assert summary["phases"] == ["prose", "code", "prose"] and "final_val_code" in summary
+    assert summary["corpus_chars"] == {"prose": len(PROSE), "code": len(CODE)}
 
 
 def test_update_scales_slow_protected_neurons_through_any_surgery(tmp_path: Path) -> None:
