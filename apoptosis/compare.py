@@ -77,6 +77,22 @@ def plan_runs(
     return runs
 
 
+def check_new_comparison(result: Path, seeds: int, workers: int) -> None:
+    """Clear errors for bad counts, and never overwrite a finished comparison (``result`` is its table)."""
+    if seeds < 1:
+        raise ApoptosisError(f"--seeds must be >= 1, got {seeds}")
+    if workers < 1:
+        raise ApoptosisError(f"--workers must be >= 1, got {workers}")
+    if result.exists():
+        raise ApoptosisError(f"{result.parent} already holds a comparison ({result.name}): choose another --name")
+
+
+def refuse_existing_runs(runs: list[PlannedRun]) -> None:
+    for run in runs:
+        if (run.run_dir / "config.toml").exists():
+            raise ApoptosisError(f"run folder {run.run_dir} already holds a run: choose another --name")
+
+
 def _param_names(name: str, follower: bool = False) -> set[str]:
     from apoptosis.strategy import build_strategy
 
@@ -236,16 +252,9 @@ def compare(
     console: Console,
     then_sets: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
-    if seeds < 1:
-        raise ApoptosisError(f"--seeds must be >= 1, got {seeds}")
-    if workers < 1:
-        raise ApoptosisError(f"--workers must be >= 1, got {workers}")
-    if (out_dir / "compare.csv").exists():
-        raise ApoptosisError(f"{out_dir} already holds a comparison: choose another --name")
+    check_new_comparison(out_dir / "compare.csv", seeds, workers)
     runs = plan_runs(base, strategies, list(range(1, seeds + 1)), strategy_sets, out_dir, then_sets)
-    for run in runs:
-        if (run.run_dir / "config.toml").exists():
-            raise ApoptosisError(f"run folder {run.run_dir} already holds a run: choose another --name")
+    refuse_existing_runs(runs)
     frame = run_all(runs, workers, console)
     order = {name: i for i, name in enumerate(strategies)}
     frame = frame.sort_values(["strategy", "seed"], key=lambda c: c.map(order) if c.name == "strategy" else c)

@@ -21,11 +21,10 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from apoptosis.compare import PlannedRun, plan_runs, run_all
+from apoptosis.compare import PlannedRun, check_new_comparison, plan_runs, refuse_existing_runs, run_all
 from apoptosis.config import RunConfig, StrategyConfig, no_follower
 from apoptosis.continual_measures import continual_measures
 from apoptosis.corpora import BUILTIN_CORPORA, PhaseSpec, distinct_corpora, parse_phases
-from apoptosis.errors import ApoptosisError
 from apoptosis.io import atomic_write_json, atomic_write_text
 
 FRESH = "fresh"
@@ -109,16 +108,9 @@ def run_continual(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every method and baseline; return (one row per run, one row per run and phase) and
     write them as ``continual.csv`` and ``phases.csv`` with the plots."""
-    if seeds < 1:
-        raise ApoptosisError(f"--seeds must be >= 1, got {seeds}")
-    if workers < 1:
-        raise ApoptosisError(f"--workers must be >= 1, got {workers}")
-    if (out_dir / "continual.csv").exists():
-        raise ApoptosisError(f"{out_dir} already holds a continual comparison: choose another --name")
+    check_new_comparison(out_dir / "continual.csv", seeds, workers)
     runs, fresh = plan_continual(config, labels, list(range(1, seeds + 1)), strategy_sets, then_sets, out_dir)
-    for run in runs + fresh:
-        if (run.run_dir / "config.toml").exists():
-            raise ApoptosisError(f"run folder {run.run_dir} already holds a run: choose another --name")
+    refuse_existing_runs(runs + fresh)
     frame = run_all(runs + fresh, workers, console)
     baselines = {
         seed: {

@@ -573,13 +573,26 @@ def plot_recovery(frame: pd.DataFrame, modes: Iterable[str], title: str):
     anchor, one panel per damage kind and mode, error bars = sd over seeds."""
     data = _panels(_sorted(with_controls(frame)), modes)
     hues = _orders(data, "variant", _ORDER["variant"])
-    grid = sns.relplot(
+    grid = _relplot(data, "loss_recovery", "variant", hues, {NO_RECOVERY: "0.6", T_SCALED: "black"})
+    for ax in grid.axes.flat:
+        ax.axhline(0.0, color="grey", linewidth=0.8, linestyle=":")
+        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
+    grid.set_titles("{col_name}")
+    grid.set_axis_labels("damage (noise alpha or pruned fraction)", "loss recovery")
+    grid.figure.suptitle(title, y=1.03)
+    return grid.figure
+
+
+def _relplot(data: pd.DataFrame, y: str, hue: str, hues: list[str], fixed_colours: dict[str, str]):
+    """One panel per damage kind and mode: ``y`` against the damage amount, mean ± sd over seeds
+    as error bars, one line per ``hue`` (controls in fixed greys), style = anchor."""
+    return sns.relplot(
         data=data,
         x="amount",
-        y="loss_recovery",
-        hue="variant",
+        y=y,
+        hue=hue,
         hue_order=hues,
-        palette=_palette(hues, {NO_RECOVERY: "0.6", T_SCALED: "black"}),
+        palette=_palette(hues, fixed_colours),
         style="anchor",
         style_order=_orders(data, "anchor", _ORDER["anchor"]),
         col="panel",
@@ -591,13 +604,6 @@ def plot_recovery(frame: pd.DataFrame, modes: Iterable[str], title: str):
         height=3.6,
         aspect=1.1,
     )
-    for ax in grid.axes.flat:
-        ax.axhline(0.0, color="grey", linewidth=0.8, linestyle=":")
-        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
-    grid.set_titles("{col_name}")
-    grid.set_axis_labels("damage (noise alpha or pruned fraction)", "loss recovery")
-    grid.figure.suptitle(title, y=1.03)
-    return grid.figure
 
 
 def plot_val_loss(frame: pd.DataFrame, modes: Iterable[str], title: str):
@@ -614,24 +620,7 @@ def plot_val_loss(frame: pd.DataFrame, modes: Iterable[str], title: str):
     data = _panels(pd.concat(curves, ignore_index=True), modes)
     ranks = {"clean": 0, "damaged": 1, T_SCALED: 2, **{f"recovered: {n}": 3 + i for i, n in enumerate(CURVE_LOSSES)}}
     hues = _orders(data, "curve", ranks)
-    grid = sns.relplot(
-        data=data,
-        x="amount",
-        y="val_loss",
-        hue="curve",
-        hue_order=hues,
-        palette=_palette(hues, {"clean": "black", "damaged": "0.6", T_SCALED: "0.3"}),
-        style="anchor",
-        style_order=_orders(data, "anchor", _ORDER["anchor"]),
-        col="panel",
-        kind="line",
-        markers=True,
-        errorbar="sd",
-        err_style="bars",
-        facet_kws={"sharex": False},
-        height=3.6,
-        aspect=1.1,
-    )
+    grid = _relplot(data, "val_loss", "curve", hues, {"clean": "black", "damaged": "0.6", T_SCALED: "0.3"})
     grid.set_titles("{col_name}")
     grid.set_axis_labels("damage (noise alpha or pruned fraction)", "val loss (nats/char)")
     grid.figure.suptitle(title, y=1.03)

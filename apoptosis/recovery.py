@@ -86,6 +86,16 @@ def recovery_inputs(
     return torch.cat(rows)
 
 
+def sequence_length(seq_len: int, model: GPT, owner: str) -> int:
+    """A strategy's ``seq_len`` setting (0: the model's block size), checked against the model."""
+    block_size = model.config.block_size
+    if seq_len == 0:
+        return block_size
+    if not 2 <= seq_len <= block_size:
+        raise ApoptosisError(f"{owner}: seq_len must be 0 or in 2..{block_size} (model.block_size), got {seq_len}")
+    return seq_len
+
+
 # --- the loss ---------------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from apoptosis.errors import ApoptosisError
 from apoptosis.model import frozen_copy
 from apoptosis.params import StrategyParams, param
-from apoptosis.recovery import LossWeights, recover
+from apoptosis.recovery import LossWeights, recover, sequence_length
 from apoptosis.registry import register_strategy
 from apoptosis.strategy import Event, Strategy, TrainingContext
 
@@ -53,9 +53,7 @@ class Lazarus(Strategy):
     follows_events = True
 
     def on_train_begin(self, ctx: TrainingContext) -> None:
-        block_size = ctx.model.config.block_size
-        if self.params.seq_len > block_size or self.params.seq_len == 1:
-            raise ApoptosisError(f"lazarus: seq_len must be 0 or in 2..{block_size} (model.block_size)")
+        sequence_length(self.params.seq_len, ctx.model, self.name)  # fail at the start, not at the first event
 
     def on_event_end(self, ctx: TrainingContext, event: Event) -> None:
         p = self.params
@@ -69,7 +67,7 @@ class Lazarus(Strategy):
             mode="regrow",  # masked neurons stay masked by their gates; every weight may move
             lr=p.lr,
             batch_size=p.batch_size,
-            seq_len=p.seq_len or None,
+            seq_len=sequence_length(p.seq_len, ctx.model, self.name),
             sampled_fraction=p.sampled_fraction,
         )
         ctx.log(f"lazarus: {p.steps} steps, loss {history[0]['total']:.4f} -> {history[-1]['total']:.4f}")

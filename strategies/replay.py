@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from apoptosis.config import ModelConfig
-from apoptosis.errors import ApoptosisError
 from apoptosis.model import GPT, frozen_copy
 from apoptosis.params import StrategyParams, param
-from apoptosis.recovery import recovery_inputs
+from apoptosis.recovery import recovery_inputs, sequence_length
 from apoptosis.registry import register_strategy
 from apoptosis.strategy import Phase, Strategy, TrainingContext
 
@@ -47,14 +46,12 @@ class Replay(Strategy):
         self.sequences: torch.Tensor | None = None  # (buffer, seq_len) token ids sampled from the snapshot
 
     def on_train_begin(self, ctx: TrainingContext) -> None:
-        block_size = ctx.model.config.block_size
-        if self.params.seq_len > block_size or self.params.seq_len == 1:
-            raise ApoptosisError(f"replay: seq_len must be 0 or in 2..{block_size} (model.block_size)")
+        sequence_length(self.params.seq_len, ctx.model, self.name)  # fail at the start, not at the first event
 
     def on_phase_end(self, ctx: TrainingContext, phase: Phase) -> None:
         p = self.params
         self.snapshot = frozen_copy(ctx.model)
-        seq_len = p.seq_len or ctx.model.config.block_size
+        seq_len = sequence_length(p.seq_len, ctx.model, self.name)
         vocab = ctx.model.config.vocab_size
         self.sequences = recovery_inputs(self.snapshot, vocab, p.buffer, seq_len, ctx.generator, sampled_fraction=1.0)
         ctx.log(f"replay: {p.buffer} sequences sampled from the model at the end of {phase.corpus}")

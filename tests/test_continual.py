@@ -242,6 +242,8 @@ def test_continual_command_table_csvs_plots_and_errors(tmp_path: Path) -> None:
     )
     for plot in ("continual_loss.png", "plasticity.png"):
         assert (out / plot).stat().st_size > 0
+    again = run_cli(args, tmp_path)
+    assert again.returncode == 2 and "already holds a comparison (continual.csv)" in again.stderr
 
     one = ["continual", "--phases", f"prose={prose},code={code}", "--steps-per-phase", "10",
            "--plasticity-steps", "5", "--strategy", "standard+replay", "--name", "one", *tiny]  # fmt: skip

@@ -111,6 +111,12 @@ def test_lazarus_parameters_are_checked() -> None:
         build_strategy("lazarus")
     with pytest.raises(ApoptosisError, match="cannot follow"):
         build_strategy("standard", follower=True)
+    model = GPT(tiny_model_config())  # block size 8
+    ctx = TrainingContext(0, 10, model, [], None, torch.Generator(), None, print)  # type: ignore[arg-type]
+    for name in ("lazarus", "replay"):
+        with pytest.raises(ApoptosisError, match=rf"{name}: seq_len must be 0 or in 2..8"):
+            build_strategy(name, {"seq_len": 9}, follower=True).on_train_begin(ctx)
+        build_strategy(name, {"seq_len": 8}, follower=True).on_train_begin(ctx)
 
 
 def test_cli_then_and_compare_with_a_follower(tmp_path: Path) -> None:
