@@ -7,7 +7,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -187,6 +187,24 @@ def summarize(
 
 
 @app.command()
+def events(
+    run_dirs: Annotated[list[Path], typer.Argument(help="finished run folders, e.g. runs/cmp/*-s*")],
+    csv: Annotated[Path | None, typer.Option(help="also write one row per run and event to this CSV file")] = None,
+) -> None:
+    """The disruption of every event (probe loss before and after the surgery, and after a
+    follower), per comparison and strategy, averaged over runs."""
+    from apoptosis.io import atomic_write_text
+    from apoptosis.report import events_frame, events_table
+
+    frame = events_frame(run_dirs)
+    if frame.empty:
+        raise ApoptosisError("none of these runs had an event")
+    console.print(events_table(frame))
+    if csv is not None:
+        atomic_write_text(csv, frame.to_csv(index=False))
+
+
+@app.command()
 def compare(
     strategies: Annotated[
         str, typer.Option(help="comma-separated strategies, e.g. none,standard,standard+lazarus (A+B: B follows A)")
@@ -206,8 +224,8 @@ def compare(
     from apoptosis.compare import compare as run_comparison
     from apoptosis.compare import comparison_tables
 
-    names = _distinct_names(strategies, "--strategies")
-    sets, other_sets = _split_sets(set_)
+    names = distinct_names(strategies, "--strategies")
+    sets, other_sets = split_set_options(set_)
     base = build_config(config, "none", "", steps, None, data, device, other_sets)
     name = name or f"{time.strftime('%Y%m%d-%H%M%S')}-compare"
     out_dir = runs_dir / name
@@ -217,17 +235,20 @@ def compare(
     console.print(f"Comparison folder: {out_dir} (compare.csv, val_loss.png, ages.png)")
 
 
-def _distinct_names(text: str, option: str) -> list[str]:
+def distinct_names(text: str, option: str, required: bool = True) -> list[str]:
+    """``a,b,c`` -> names, each once; an empty list only when not ``required``."""
     names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names or len(set(names)) != len(names):
+    if (required and not names) or len(set(names)) != len(names):
         raise ApoptosisError(f"{option} needs distinct comma-separated names, got {text!r}")
     return names
 
 
-def _split_sets(assignments: list[str] | None) -> tuple[dict[str, dict], list[str]]:
-    """``--set`` for compared runs: ``strategy.X`` and ``then.X`` go to the strategies and followers
-    that have X; every other key goes to every run."""
-    sets: dict[str, dict] = {"strategy": {}, "then": {}}
+def split_set_options(
+    assignments: list[str] | None, sections: tuple[str, ...] = ("strategy", "then")
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """``--set`` for several runs: ``strategy.X`` and ``then.X`` (of ``sections``) go to the
+    strategies and followers that have X; every other key goes to every run as it is."""
+    sets: dict[str, dict[str, Any]] = {section: {} for section in sections}
     others = []
     for assignment in assignments or []:
         key, value = parse_set_option(assignment)
@@ -265,12 +286,12 @@ def continual(
 ) -> None:
     """Train one model through phases of corpora with each method on the same seeds; measure
     forgetting, plasticity (against fresh models) and reconsolidation; table, CSVs and plots."""
-    from apoptosis.continual import continual_config, continual_tables, corpora_of, run_continual
+    from apoptosis.continual import continual_config, continual_tables, corpora_of, phases_table, run_continual
 
     if strategy is not None and methods is not None:
         raise ApoptosisError("give --strategy S (one method) or --compare A,B,... (several), not both")
-    labels = [strategy] if strategy is not None else _distinct_names(methods or "none,standard", "--compare")
-    sets, other_sets = _split_sets(set_)
+    labels = [strategy] if strategy is not None else distinct_names(methods or "none,standard", "--compare")
+    sets, other_sets = split_set_options(set_)
     if steps_per_phase < 1:
         raise ApoptosisError(f"--steps-per-phase must be >= 1, got {steps_per_phase}")
     if not 1 <= plasticity_steps <= steps_per_phase:
@@ -279,8 +300,9 @@ def continual(
     base = continual_config(base, phases, steps_per_phase, plasticity_steps)
     name = name or f"{time.strftime('%Y%m%d-%H%M%S')}-continual"
     out_dir = runs_dir / name
-    table, _ = run_continual(base, labels, seeds, sets["strategy"], sets["then"], out_dir, workers, console)
+    table, per_phase = run_continual(base, labels, seeds, sets["strategy"], sets["then"], out_dir, workers, console)
     title = f"{name}: {' -> '.join(phases.split(','))}, {steps_per_phase} steps per phase, seeds 1..{seeds}"
+    console.print(phases_table(per_phase, name))
     for printed in continual_tables(table, corpora_of(base), title):
         console.print(printed)
     console.print(f"Folder: {out_dir} (continual.csv, phases.csv, continual_loss.png, plasticity.png, fresh/)")

@@ -52,7 +52,7 @@ def fresh_config(config: RunConfig, corpus: str, seed: int) -> RunConfig:
     """A freshly initialised baseline trained ``plasticity_steps`` steps on ``corpus`` alone, with
     the run's vocabulary (every corpus is still listed, after this one, so the vocabulary and the
     evaluation columns are the same) and the same learning-rate schedule."""
-    specs = distinct_corpora(parse_phases(",".join(config.continual.phases)))
+    specs = distinct_corpora(phase_specs(config))
     first = [s for s in specs if s.name == corpus]
     fresh = copy.deepcopy(config)
     fresh.continual.phases = [spec_text(s) for s in first + [s for s in specs if s.name != corpus]]
@@ -72,7 +72,7 @@ def plan_continual(
 ) -> tuple[list[PlannedRun], list[PlannedRun]]:
     """The method runs and the fresh baselines (one per corpus and seed)."""
     runs = plan_runs(config, labels, seeds, strategy_sets, out_dir, then_sets)
-    corpora = [s.name for s in distinct_corpora(parse_phases(",".join(config.continual.phases)))]
+    corpora = corpora_of(config)
     fresh = [
         PlannedRun(f"{FRESH}-{corpus}", seed, out_dir / FRESH / f"{corpus}-s{seed}", fresh_config(config, corpus, seed))
         for corpus in corpora
@@ -86,7 +86,7 @@ def measure_run(run_dir: Path, config: RunConfig, fresh: dict[str, float]) -> di
     from apoptosis.trainer import read_metrics
 
     c = config.continual
-    phases = [s.name for s in parse_phases(",".join(c.phases))]
+    phases = [s.name for s in phase_specs(config)]
     evals = read_metrics(run_dir).dropna(subset=[f"val_{phases[0]}"])
     measures = continual_measures(evals, phases, c.steps_per_phase, c.plasticity_steps, fresh)
     summary_path = run_dir / "summary.json"
@@ -182,6 +182,21 @@ def continual_tables(table: pd.DataFrame, corpora: list[str], title: str) -> lis
     return [measures, finals]
 
 
+def phases_table(per_phase: pd.DataFrame, title: str) -> Table:
+    """Per method and phase, means over seeds: how each measure moves from switch to switch."""
+    table = Table(title=f"{title}: per phase (means over seeds)", title_justify="left")
+    columns = ["method", "phase", "corpus", "loss at end", "plasticity", "forgetting next", "reconsolidation"]
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i in (0, 2) else "right")
+    measures = ["own_loss_at_end", "plasticity_ratio", "forgetting_next", "reconsolidation_steps"]
+    formats = [".3f", ".3f", "+.3f", ".0f"]
+    for (method, index), rows in per_phase.groupby(["method", "index"], sort=False):
+        means = rows[measures].astype(float).mean()
+        cells = ["-" if pd.isna(means[m]) else format(means[m], f) for m, f in zip(measures, formats, strict=True)]
+        table.add_row(str(method), str(index + 1), str(rows["corpus"].iloc[0]), *cells)
+    return table
+
+
 def plot_continual(runs: list[PlannedRun], per_phase: pd.DataFrame, out_dir: Path) -> None:
     """``continual_loss.png``: validation loss on each corpus over the run (one panel per corpus,
     mean ± sd over seeds per method, solid lines at phase ends); ``plasticity.png``: the
@@ -219,4 +234,9 @@ def plot_continual(runs: list[PlannedRun], per_phase: pd.DataFrame, out_dir: Pat
 
 
 def corpora_of(config: RunConfig) -> list[str]:
-    return [s.name for s in distinct_corpora(parse_phases(",".join(config.continual.phases)))]
+    return [s.name for s in distinct_corpora(phase_specs(config))]
+
+
+def phase_specs(config: RunConfig) -> list[PhaseSpec]:
+    """The phases a continual config saved (each as ``parse_phases`` reads it)."""
+    return parse_phases(",".join(config.continual.phases))

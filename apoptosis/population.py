@@ -33,7 +33,7 @@ class NeuronPopulation:
         self.optimizer = optimizer
         self.fitness_tracker = fitness
         self.lineage = lineage
-        self.update_scale = torch.ones(mlp.width, device=mlp.fc.weight.device)  # (width,); 1 = learns as usual
+        self.update_scale = torch.ones(mlp.width)  # (width,) on the CPU, so reading it never waits for a GPU
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -58,7 +58,7 @@ class NeuronPopulation:
 
     def protected(self) -> torch.Tensor:
         """(width,) bool: neurons whose updates are scaled below 1."""
-        return self.update_scale.cpu() < 1.0
+        return self.update_scale < 1.0
 
     def active(self) -> torch.Tensor:
         return self.mlp.gate.mask.detach().cpu() > 0
@@ -109,7 +109,7 @@ class NeuronPopulation:
         fc.bias[dev_slots] = incoming[:, -1].to(fc.bias)
         proj.weight[:, dev_slots] = outgoing.t().to(proj.weight)
         self.mlp.gate.mask[dev_slots] = 1.0
-        self.update_scale[dev_slots] = 1.0
+        self.update_scale[slots] = 1.0
         self._zero_moments(dev_slots)
         self.fitness_tracker.reset(self.layer, dev_slots)
         return [
@@ -247,7 +247,7 @@ class NeuronPopulation:
         ``factor``: 0 freezes them, 1 lifts the protection. A newborn in a slot starts at 1."""
         if not 0.0 <= factor <= 1.0:
             raise ValueError(f"an update scale must be in [0, 1], got {factor}")
-        self.update_scale[_as_index(slots).to(self.update_scale.device)] = factor
+        self.update_scale[_as_index(slots)] = factor
 
     @torch.no_grad()
     def before_update(self) -> list[torch.Tensor] | None:
@@ -319,7 +319,7 @@ class NeuronPopulation:
             param.grad = None
         gate = self.mlp.gate
         gate.mask = along_neurons(gate.mask, 0)
-        self.update_scale = along_neurons(self.update_scale, 0)
+        self.update_scale = along_neurons(self.update_scale.to(gate.mask.device), 0).cpu()
         width = self.mlp.fc.weight.shape[0]
         self.mlp.fc.out_features = width
         self.mlp.proj.in_features = width

@@ -174,3 +174,56 @@ def strategies_table(frame: pd.DataFrame) -> Table:
                 cells.append(f"{format(values.mean(), fmt)} ± {abs(std):{fmt.lstrip('+')}}")
         table.add_row(str(strategy), str(len(group)), *cells)
     return table
+
+
+def events_frame(run_dirs: list[Path]) -> pd.DataFrame:
+    """One row per event of each finished run: the probe-loss change of the surgery alone
+    (``surgery``), after the follower if one ran (``after_follower``) and the follower's seconds.
+    ``group`` is the run's parent folder and strategy, so runs of several comparisons stay apart."""
+    from apoptosis.trainer import read_events
+
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        strategy = runs_frame([run_dir])["strategy"].iloc[0]
+        events = [e for e in read_events(run_dir) if e.get("event") is not None]
+        for number in sorted({e["event"] for e in events}):
+            lines = [e for e in events if e["event"] == number]
+            surgery = [e for e in lines if e["layer"] is not None]
+            follower = [e for e in lines if e["layer"] is None]
+            before, after = surgery[0]["probe_loss_before"], surgery[-1]["probe_loss_after"]
+            rows.append(
+                {
+                    "group": f"{run_dir.parent.name}/{strategy}",
+                    "run": run_dir.name,
+                    "event": number,
+                    "step": surgery[0]["step"],
+                    "surgery": after - before,
+                    "after_follower": (follower[-1]["probe_loss_after"] if follower else after) - before,
+                    "follower_seconds": follower[-1]["seconds"] if follower else 0.0,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def events_table(frame: pd.DataFrame) -> Table:
+    """Per group and event number, means over runs (seeds) of the disruption before and after
+    the follower; then the means over all events."""
+    table = Table(
+        title="Event disruption (probe-loss change per event; mean over runs)",
+        title_justify="left",
+        caption="surgery: the strategy's surgery alone; after follower: once the follower (--then) ran",
+        caption_justify="left",
+    )
+    for i, column in enumerate(["group", "event", "runs", "surgery", "after follower", "follower s"]):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    columns = ["surgery", "after_follower", "follower_seconds"]
+    for (group, event), rows in frame.groupby(["group", "event"], sort=True):
+        means = rows[columns].mean()
+        table.add_row(group, str(event), str(len(rows)), *_event_cells(means))
+    for group, rows in frame.groupby("group", sort=True):
+        table.add_row(f"[bold]{group}", "all", str(rows["run"].nunique()), *_event_cells(rows[columns].mean()))
+    return table
+
+
+def _event_cells(means: pd.Series) -> list[str]:
+    return [f"{means['surgery']:+.4f}", f"{means['after_follower']:+.4f}", f"{means['follower_seconds']:.1f}"]

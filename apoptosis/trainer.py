@@ -205,7 +205,7 @@ class Trainer:
             "strategy": self.strategy.state_dict(),
             "follower": self.follower.state_dict() if self.follower else None,
             "fitness": self.fitness.state_dict(),
-            "update_scales": [pop.update_scale.cpu() for pop in self.populations],
+            "update_scales": [pop.update_scale for pop in self.populations],
             "lineage": self.lineage.state_dict(),
             "totals": asdict(self.totals),
             "rng": {
@@ -227,7 +227,7 @@ class Trainer:
             self.follower.load_state_dict(ckpt["follower"])
         self.fitness.load_state_dict(ckpt["fitness"])
         for pop, scale in zip(self.populations, ckpt.get("update_scales", []), strict=False):
-            pop.update_scale = scale.to(self.device)
+            pop.update_scale = scale
         self.lineage.load_state_dict(ckpt["lineage"])
         self.totals = RunTotals(**ckpt["totals"])
         self.step = self.last_checkpoint_step = ckpt["step"]
@@ -260,7 +260,8 @@ class Trainer:
         return self._mean_loss(batches["train"]), self._mean_loss(batches["val"])
 
     def evaluate_corpora(self) -> dict[str, float]:
-        """Validation loss on every corpus of a continual run (learning and forgetting together)."""
+        """Validation loss on every corpus (one for a plain run; learning and forgetting together
+        in a continual one)."""
         return {name: self._mean_loss(batches["val"]) for name, batches in self.eval_batches.items()}
 
     # --- events -------------------------------------------------------------------------------
@@ -447,8 +448,9 @@ class Trainer:
         is_eval = self.step % t.eval_interval == 0 or is_last or self._continual_eval_at(self.step)
         corpus_losses = None
         if is_eval:
-            _, tot.last_val_loss = self.evaluate()
-            corpus_losses = self.evaluate_corpora() if self.config.continual.phases else None
+            val_losses = self.evaluate_corpora()  # one pass per corpus; the current one is val_loss
+            tot.last_val_loss = val_losses[self.current_corpus]
+            corpus_losses = val_losses if self.config.continual.phases else None
             for strategy, ctx in self._hooked():
                 strategy.on_evaluate(ctx, tot.last_val_loss)
             if self.on_evaluate is not None:

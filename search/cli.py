@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from apoptosis.config import parse_set_option
 from apoptosis.errors import ApoptosisError
 
 search_app = typer.Typer(
@@ -37,25 +36,6 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="fixed setting for every run, section.key=value (strategy.X=v fixes X, unsearched)"),
 ]
-
-
-def _names(text: str, option: str) -> list[str]:
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if len(set(names)) != len(names):
-        raise ApoptosisError(f"{option} needs distinct comma-separated names, got {text!r}")
-    return names
-
-
-def _split_sets(sets: list[str] | None) -> tuple[dict[str, Any], list[str]]:
-    """``--set strategy.X=v`` (fixed strategy parameters) apart from the other settings."""
-    strategy_sets, other = {}, []
-    for assignment in sets or []:
-        key, value = parse_set_option(assignment)
-        if key.startswith("strategy."):
-            strategy_sets[key.removeprefix("strategy.")] = value
-        else:
-            other.append(assignment)
-    return strategy_sets, other
 
 
 def _check_objective(objective: str) -> None:
@@ -102,7 +82,7 @@ def optuna_command(
     """An Optuna study over strategy parameters (ranges from each strategy's declaration).
     Re-running the same command resumes it; the same command on other machines with the same
     --storage URL joins it."""
-    from apoptosis.cli import build_config, console
+    from apoptosis.cli import build_config, console, distinct_names, split_set_options
     from apoptosis.search.algorithms import PRUNERS, SAMPLERS
     from apoptosis.search.objective import SyntheticObjective
     from apoptosis.search.optuna_search import run_optuna
@@ -115,15 +95,15 @@ def optuna_command(
         raise ApoptosisError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     if pruner not in PRUNERS:
         raise ApoptosisError(f"--pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
-    names = _names(strategies, "--strategies")
-    strategy_sets, other_sets = _split_sets(set_)
+    names = distinct_names(strategies, "--strategies", required=False)
+    sets, other_sets = split_set_options(set_, sections=("strategy",))
     base = build_config(config, names[0] if names else None, None, steps, None, data, device, other_sets)
     if factors is not None:
         factor_file = Factors.from_toml_file(factors)
         base = factor_file.base_config(base)
         space = SearchSpace.from_levels(factor_file.levels, base)
     else:
-        space = SearchSpace.from_registry(names, _names(tune, "--tune"), strategy_sets)
+        space = SearchSpace.from_registry(names, distinct_names(tune, "--tune", required=False), sets["strategy"])
     spec = StudySpec(
         name=study,
         study_dir=runs_dir / study,

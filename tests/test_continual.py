@@ -220,7 +220,7 @@ def test_continual_command_table_csvs_plots_and_errors(tmp_path: Path) -> None:
             "--name", "ct", *tiny]  # fmt: skip
     done = run_cli(args, tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert "forgetting" in done.stdout and "standard+replay" in done.stdout
+    assert "forgetting" in done.stdout and "standard+replay" in done.stdout and "per phase" in done.stdout
     out = tmp_path / "runs" / "ct"
     table = pd.read_csv(out / "continual.csv")
     assert sorted(zip(table["method"], table["seed"], strict=True)) == sorted(

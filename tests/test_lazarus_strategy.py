@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -153,6 +154,17 @@ def test_cli_then_and_compare_with_a_follower(tmp_path: Path) -> None:
     assert "surg" in compared.stdout
     frame = (tmp_path / "runs" / "c" / "compare.csv").read_text()
     assert "standard+lazarus" in frame and (tmp_path / "runs" / "c" / "standard+lazarus-s1" / "summary.json").exists()
+    runs = [str(p) for p in sorted((tmp_path / "runs" / "c").glob("*-s1"))]
+    listed = run_cli(["events", *runs, "--csv", "events.csv"], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "c/standard+lazarus" in listed.stdout and "c/standard " in listed.stdout
+    rows = pd.read_csv(tmp_path / "events.csv")
+    followed = rows[rows["group"] == "c/standard+lazarus"].iloc[0]
+    lines = [e for e in read_events(tmp_path / "runs" / "c" / "standard+lazarus-s1") if e["event"] == 1]
+    assert followed["surgery"] == pytest.approx(lines[-2]["probe_loss_after"] - lines[0]["probe_loss_before"])
+    assert followed["after_follower"] == pytest.approx(lines[-1]["probe_loss_after"] - lines[0]["probe_loss_before"])
+    plain = rows[rows["group"] == "c/standard"]
+    assert (plain["surgery"] == plain["after_follower"]).all() and (plain["follower_seconds"] == 0).all()
     for strategies, message in {"standard+": "STRATEGY+FOLLOWER", "standard+lazarus+x": "STRATEGY+FOLLOWER"}.items():
         result = run_cli(["compare", "--strategies", strategies, "--name", "d", *tiny], tmp_path)
         assert result.returncode == 2 and message in result.stderr
