@@ -30,19 +30,6 @@ import pandas as pd
 
 from apoptosis.errors import ApoptosisError
 
-_PHASE_COLUMNS = [
-    "index",
-    "corpus",
-    "end_step",
-    "own_loss_at_end",
-    "loss_after_k",
-    "plasticity_ratio",
-    "forgetting_next",
-    "returning",
-    "reconsolidation_steps",
-    "reconsolidation_reached",
-]
-
 
 def _column(corpus: str) -> str:
     return f"val_{corpus}"
@@ -166,8 +153,3 @@ def continual_measures(
         "final_val_mean": _mean(list(final_val.values())),
     }
     return summary
-
-
-def measures_frame(per_phase: list[dict[str, Any]]) -> pd.DataFrame:
-    """The per-phase measures (``continual_measures(...)["phases"]``), one row per phase in order."""
-    return pd.DataFrame(per_phase, columns=_PHASE_COLUMNS)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from apoptosis.continual_measures import continual_measures, measures_frame
+from apoptosis.continual_measures import continual_measures
 from apoptosis.errors import ApoptosisError
 
 S, K = 10, 2
@@ -158,10 +158,3 @@ def test_input_errors() -> None:
         measure(fresh={"a": float("nan")})
     with pytest.raises(ApoptosisError, match="val_a at step 20 is nan"):
         measure(frame({**ROWS, 20: (float("nan"), 2.0)}))
-
-
-def test_measures_frame() -> None:
-    per_phase = measure()["phases"]
-    df = measures_frame(per_phase)
-    assert len(df) == 3 and list(df["corpus"]) == PHASES and df.columns[0] == "index"
-    assert measures_frame([]).empty
