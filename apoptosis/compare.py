@@ -164,7 +164,7 @@ def comparison_tables(frame: pd.DataFrame, title: str) -> list[Table]:
             min_width=label_width if i == 0 else None,
         )
     mechanics = Table(
-        title=f"{title}: mechanics (means over seeds)\n(var: train-loss variance over the last 20% of steps; "
+        title=f"{title}: mechanics (means over seeds)\n(var: train-loss variance around its trend over the last 20% of steps; "
         "died: neurons replaced; disr: probe-loss change per event"
         + ("; surg: the same before the follower ran)" if followed else ")"),
         title_justify="left",
@@ -195,7 +195,7 @@ def comparison_tables(frame: pd.DataFrame, title: str) -> list[Table]:
         disruption = group["mean_event_disruption"].dropna()
         mechanics.add_row(
             str(strategy),
-            f"{group['train_loss_variance_last20'].mean():.5f}",
+            _mean_or_dash(group, "train_loss_detrended_variance", ".6f"),
             f"{group['events'].mean():.0f}",
             f"{group['neurons_replaced'].mean():.0f}",
             f"{disruption.mean():+.4f}" if len(disruption) else "-",

@@ -9,8 +9,16 @@ and column ``i`` of ``proj.weight`` (its outgoing weights). Strategies decide *w
   Parameters keep their identity (their ``.data`` is resized), so the optimizer never holds a
   stale reference after growth or shrinkage;
 * the fitness tracker (scores of new neurons start empty) and the lineage (births and deaths);
-* per-neuron update scales (``protect``): a protected neuron's optimizer updates are scaled down
-  (0 = frozen), which is how knowledge of an earlier task is kept in continual learning.
+* per-neuron optimizer updates (``NeuronUpdates``): each newborn gets Adam's bias correction from
+  its own birth, and a protected neuron's updates are scaled down (0 = frozen), which is how
+  knowledge of an earlier task is kept in continual learning.
+
+In a split (Net2Net: parent and child share the parent's outgoing weights), the gradient that
+reaches each copy's activation is the share of the parent's, while each copy's outgoing gradient
+is the parent's own (its activation is unchanged). So the incoming moments of parent and child are
+scaled with the split (m by the share, v by its square) and the outgoing moments are kept: Adam's
+step m / sqrt(v) is then what the parent alone would have taken, and the split does not disturb
+training. A grown child inherits the parent's moments and age; a replaced one starts fresh.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import torch
 from apoptosis.fitness import FitnessTracker
 from apoptosis.lineage import Lineage
 from apoptosis.model import MLP
+from apoptosis.neuron_updates import NeuronUpdates
 
 OUTGOING_MODES = ("zero", "split", "copy")
 
@@ -33,7 +42,7 @@ class NeuronPopulation:
         self.optimizer = optimizer
         self.fitness_tracker = fitness
         self.lineage = lineage
-        self.update_scale = torch.ones(mlp.width)  # (width,) on the CPU, so reading it never waits for a GPU
+        self.updates = NeuronUpdates(mlp.width, optimizer, self._neuron_params)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -58,7 +67,7 @@ class NeuronPopulation:
 
     def protected(self) -> torch.Tensor:
         """(width,) bool: neurons whose updates are scaled below 1."""
-        return self.update_scale < 1.0
+        return self.updates.protected()
 
     def active(self) -> torch.Tensor:
         return self.mlp.gate.mask.detach().cpu() > 0
@@ -109,8 +118,8 @@ class NeuronPopulation:
         fc.bias[dev_slots] = incoming[:, -1].to(fc.bias)
         proj.weight[:, dev_slots] = outgoing.t().to(proj.weight)
         self.mlp.gate.mask[dev_slots] = 1.0
-        self.update_scale[slots] = 1.0
         self._zero_moments(dev_slots)
+        self.updates.reborn(slots)
         self.fitness_tracker.reset(self.layer, dev_slots)
         return [
             self.lineage.birth(self.layer, slot, step, pid, pf)
@@ -209,10 +218,11 @@ class NeuronPopulation:
         old = self.width
         self._resize(lambda t, dim: _append_zeros(t, dim, k))
         self.mlp.gate.mask[old:] = 1.0
-        self.update_scale[old:] = 1.0
         fc.weight[old:] = incoming[:, :-1].to(fc.weight)
         fc.bias[old:] = incoming[:, -1].to(fc.bias)
         proj.weight[:, old:] = outgoing.t().to(proj.weight)
+        if parent_slots is not None:
+            self._inherit_moments(torch.arange(old, old + k), parent_slots)
         self.fitness_tracker.grow(self.layer, k)
         return [
             self.lineage.birth(self.layer, old + i, step, pid, pf)
@@ -245,29 +255,7 @@ class NeuronPopulation:
     def protect(self, slots: torch.Tensor, factor: float) -> None:
         """Scale every later optimizer update of these neurons (incoming and outgoing weights) by
         ``factor``: 0 freezes them, 1 lifts the protection. A newborn in a slot starts at 1."""
-        if not 0.0 <= factor <= 1.0:
-            raise ValueError(f"an update scale must be in [0, 1], got {factor}")
-        self.update_scale[_as_index(slots)] = factor
-
-    @torch.no_grad()
-    def before_update(self) -> list[torch.Tensor] | None:
-        """Copies of the neuron tensors before an optimizer step, or None when no neuron is
-        protected (then ``after_update`` has nothing to do and nothing is copied)."""
-        if not bool(self.protected().any()):
-            return None
-        return [param.detach().clone() for param, _ in self._neuron_params()]
-
-    @torch.no_grad()
-    def after_update(self, before: list[torch.Tensor] | None) -> None:
-        """Scale the step just taken per neuron: w = w_before + scale * (w_after - w_before), so
-        any optimizer (weight decay included) moves a protected neuron by ``scale`` of its step."""
-        if before is None:
-            return
-        for (param, dim), old in zip(self._neuron_params(), before, strict=True):
-            shape = [1] * param.dim()
-            shape[dim] = -1
-            scale = self.update_scale.to(param).view(shape)
-            param.copy_(old + scale * (param - old))
+        self.updates.protect(_as_index(slots), factor)
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -294,8 +282,34 @@ class NeuronPopulation:
         share = 1.0 / (counts[parent_slots] + 1.0)
         proj = self.mlp.proj.weight
         parents = torch.unique(parent_slots)
-        proj[:, parents.to(proj.device)] *= (1.0 / (counts[parents] + 1.0)).to(proj)
+        parent_share = 1.0 / (counts[parents] + 1.0)
+        proj[:, parents.to(proj.device)] *= parent_share.to(proj)
+        self._scale_incoming_moments(parents, parent_share)
         return out * share[:, None]
+
+    def _scale_incoming_moments(self, slots: torch.Tensor, share: torch.Tensor) -> None:
+        """The gradient reaching a split neuron's activation is ``share`` of what it was: scale
+        its incoming first moments by ``share`` and second moments by its square."""
+        for param, dim in self._neuron_params()[:2]:  # fc.weight rows and fc.bias
+            state = self.optimizer.state.get(param, {})
+            for key, power in (("exp_avg", 1), ("exp_avg_sq", 2)):
+                if key in state:
+                    view = [1] * param.dim()
+                    view[dim] = -1
+                    factor = share.pow(power).to(state[key]).view(view)
+                    index = slots.to(param.device)
+                    state[key].index_copy_(dim, index, state[key].index_select(dim, index) * factor)
+
+    def _inherit_moments(self, children: torch.Tensor, parents: torch.Tensor) -> None:
+        """Grown children of a split take their parents' moments (already scaled to the split) and
+        age, so parent and child continue as one neuron would have."""
+        for param, dim in self._neuron_params():
+            state = self.optimizer.state.get(param, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    index = parents.to(param.device)
+                    state[key].index_copy_(dim, children.to(param.device), state[key].index_select(dim, index))
+        self.updates.inherit(children, parents)
 
     def _zero_moments(self, slots: torch.Tensor) -> None:
         for param, dim in self._neuron_params():
@@ -319,7 +333,7 @@ class NeuronPopulation:
             param.grad = None
         gate = self.mlp.gate
         gate.mask = along_neurons(gate.mask, 0)
-        self.update_scale = along_neurons(self.update_scale.to(gate.mask.device), 0).cpu()
+        self.updates.resize(lambda t, dim: along_neurons(t.to(gate.mask.device), dim).cpu())
         width = self.mlp.fc.weight.shape[0]
         self.mlp.fc.out_features = width
         self.mlp.proj.in_features = width

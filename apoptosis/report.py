@@ -117,7 +117,7 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
         ("final train loss", f"{summary['final_train_loss']:.4f}"),
         ("final val loss", f"{summary['final_val_loss']:.4f}"),
         ("unigram val loss (no context)", f"{summary['unigram_val_loss']:.4f}"),
-        ("train loss variance (last 20%)", _num(summary["train_loss_variance_last20"], ".5f")),
+        ("train loss variance around its trend (last 20%)", _num(summary.get("train_loss_detrended_variance"), ".6f")),
         ("tokens/s", _num(summary["tokens_per_s"], ",.0f")),
         ("events", f"{summary['events']}"),
         ("neurons replaced", f"{summary['neurons_replaced']}"),
@@ -153,7 +153,7 @@ def strategies_table(frame: pd.DataFrame) -> Table:
     measures = [
         ("final_val_loss", "val loss", ".4f"),
         ("final_train_loss", "train loss", ".4f"),
-        ("train_loss_variance_last20", "variance", ".5f"),
+        ("train_loss_detrended_variance", "variance", ".6f"),
         ("mean_event_disruption", "disruption", "+.4f"),
         ("age_diversity", "age div", ".3f"),
         ("tokens_per_s", "tok/s", ",.0f"),
@@ -166,7 +166,7 @@ def strategies_table(frame: pd.DataFrame) -> Table:
     for strategy, group in frame.groupby("strategy", sort=True):
         cells = []
         for column, _, fmt in measures:
-            values = group[column].dropna().astype(float)
+            values = group[column].dropna().astype(float) if column in group else pd.Series(dtype=float)
             if values.empty:
                 cells.append("-")
             else:

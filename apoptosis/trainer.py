@@ -205,7 +205,7 @@ class Trainer:
             "strategy": self.strategy.state_dict(),
             "follower": self.follower.state_dict() if self.follower else None,
             "fitness": self.fitness.state_dict(),
-            "update_scales": [pop.update_scale for pop in self.populations],
+            "neuron_updates": [pop.updates.state_dict() for pop in self.populations],
             "lineage": self.lineage.state_dict(),
             "totals": asdict(self.totals),
             "rng": {
@@ -226,8 +226,9 @@ class Trainer:
         if self.follower is not None:
             self.follower.load_state_dict(ckpt["follower"])
         self.fitness.load_state_dict(ckpt["fitness"])
-        for pop, scale in zip(self.populations, ckpt.get("update_scales", []), strict=False):
-            pop.update_scale = scale
+        saved = ckpt.get("neuron_updates", ckpt.get("update_scales", []))  # older runs saved scales only
+        for pop, state in zip(self.populations, saved, strict=False):
+            pop.updates.load_state_dict(state)
         self.lineage.load_state_dict(ckpt["lineage"])
         self.totals = RunTotals(**ckpt["totals"])
         self.step = self.last_checkpoint_step = ckpt["step"]
@@ -404,6 +405,9 @@ class Trainer:
         return {"loss": loss, "val": val, "tps": f"{tps:,.0f}", "events": tot.events}
 
     def _train_step(self) -> None:
+        """One step, in order: batch, forward, backward, fitness, optimizer step; then the model as
+        trained is evaluated (when due) before the strategies' events change it; then the row,
+        phase end and checkpoint."""
         t = self.config.trainer
         started = time.perf_counter()
         self.step += 1
@@ -424,30 +428,28 @@ class Trainer:
                 if extra is not None:
                     loss = loss + extra
         loss.backward()
+        self.fitness.after_backward()  # metrics read from the weights' gradients, before clipping
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-        before = [pop.before_update() for pop in self.populations]
+        for pop in self.populations:
+            pop.updates.before_step()
         self.optimizer.step()
-        for pop, old in zip(self.populations, before, strict=True):
-            pop.after_update(old)
+        for pop in self.populations:
+            pop.updates.after_step()
         self.optimizer.zero_grad(set_to_none=True)
-        for strategy, ctx in self._hooked():
-            strategy.on_step_end(ctx)
+        self._synchronize()
         elapsed = time.perf_counter() - started
 
         tot = self.totals
         n_tokens = x.numel()
-        tot.train_time_s += elapsed
         tot.tokens += n_tokens
         tot.pending_losses.append(loss_value)
         tot.last_train_loss = loss_value
         tot.pending_tokens += n_tokens
-        tot.pending_time_s += elapsed
         is_last = self.step == t.steps
-        phase_ends = self._phase_ends_at(self.step)
         is_eval = self.step % t.eval_interval == 0 or is_last or self._continual_eval_at(self.step)
         corpus_losses = None
-        if is_eval:
+        if is_eval:  # the model as this step trained it: this step's events have not happened yet
             val_losses = self.evaluate_corpora()  # one pass per corpus; the current one is val_loss
             tot.last_val_loss = val_losses[self.current_corpus]
             corpus_losses = val_losses if self.config.continual.phases else None
@@ -455,14 +457,28 @@ class Trainer:
                 strategy.on_evaluate(ctx, tot.last_val_loss)
             if self.on_evaluate is not None:
                 self.on_evaluate(self.step, tot.last_val_loss)
+
+        started = time.perf_counter()
+        for strategy, ctx in self._hooked():
+            strategy.on_step_end(ctx)  # events: their effect is in events.jsonl, per layer
+        self._synchronize()
+        elapsed += time.perf_counter() - started  # surgery is training time; evaluation is not
+        tot.train_time_s += elapsed
+        tot.pending_time_s += elapsed
+
         if is_eval or self.step % t.log_interval == 0:
             self._write_metrics_row(lr, tot.last_val_loss if is_eval else None, corpus_losses)
-        if phase_ends and not is_last:
+        if self._phase_ends_at(self.step) and not is_last:
             self._end_phase()
         if self.step % t.checkpoint_interval == 0 or is_last:
             if not all(torch.isfinite(p).all() for p in self.model.parameters()):
                 self._diverged("weights became NaN or infinite")
             self.save_checkpoint()
+
+    def _synchronize(self) -> None:
+        """Wait for queued GPU work, so that a time taken next covers it (no-op on the CPU)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     # --- phases (continual training) ----------------------------------------------------------
 
@@ -551,14 +567,14 @@ class Trainer:
         train_loss, val_loss = self.evaluate()
         tot = self.totals
         metrics = read_metrics(self.run_dir)
-        tail = metrics[metrics["step"] > 0.8 * self.config.trainer.steps]["train_loss"]
+        tail = metrics[metrics["step"] > 0.8 * self.config.trainer.steps]
         return {
             "strategy": self.config.strategy_label,
             "steps": self.step,
             "final_train_loss": train_loss,
             "final_val_loss": val_loss,
             "unigram_val_loss": self.data.unigram_loss(),
-            "train_loss_variance_last20": float(tail.var(ddof=0)) if len(tail) > 1 else None,
+            "train_loss_detrended_variance": detrended_variance(tail["step"], tail["train_loss"]),
             "tokens_per_s": tot.tokens / tot.train_time_s if tot.train_time_s > 0 else None,
             "events": tot.events,
             "neurons_replaced": tot.neurons_replaced,
@@ -595,6 +611,16 @@ class Trainer:
         self.lineage.write_csv(self.run_dir / "lineage.csv")
         plot_run(self.run_dir)
         return summary
+
+
+def detrended_variance(steps, losses) -> float | None:
+    """Variance of the logged training losses around their least-squares line: how much the loss
+    jumps about (events, noise) with its downward trend taken out. None for fewer than 3 rows."""
+    if len(losses) < 3:
+        return None
+    x, y = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(np.var(y - (slope * x + intercept)))
 
 
 def _complete_row(line: str, width: int) -> bool:

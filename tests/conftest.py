@@ -66,10 +66,11 @@ class Colony:
             self.optimizer.zero_grad(set_to_none=True)
 
 
-def make_colony(metric: str = "grad_activation", **model_overrides) -> Colony:
+def make_colony(metric: str = "grad_activation", run_config: RunConfig | None = None, **model_overrides) -> Colony:
+    """A tiny model with every part a run has; ``run_config`` sets the optimizer's settings."""
     torch.manual_seed(0)
     model = GPT(tiny_model_config(**model_overrides))
-    optimizer = build_optimizer(model, RunConfig())
+    optimizer = build_optimizer(model, run_config or RunConfig())
     fitness = FitnessTracker(model, metric, ema_decay=0.9, seed=0)
     fitness.attach()
     lineage = Lineage.founders(model.mlp_widths())

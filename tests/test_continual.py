@@ -100,11 +100,11 @@ def test_update_scales_slow_protected_neurons_through_any_surgery(tmp_path: Path
     x = torch.randint(20, (4, 8), generator=g)
     _, loss = c.model(x, x)
     loss.backward()
-    saved = pop.before_update()
+    pop.updates.before_step()
     c.optimizer.step()
     step_fc = pop.mlp.fc.weight.detach() - before[0]
     unscaled = step_fc[3].clone()
-    pop.after_update(saved)
+    pop.updates.after_step()
     after_fc = pop.mlp.fc.weight.detach() - before[0]
     assert torch.equal(after_fc[:2], torch.zeros_like(after_fc[:2]))  # frozen rows
     assert torch.equal(pop.mlp.proj.weight[:, :2], before[1][:, :2])  # and frozen outgoing columns
@@ -113,12 +113,13 @@ def test_update_scales_slow_protected_neurons_through_any_surgery(tmp_path: Path
     assert not pop.mature(10_000, 0)[:3].any() and pop.mature(10_000, 0)[3]  # protected neurons never die
     pop.copy_from(torch.tensor([1]), torch.tensor([5]), step=3, mutation_strength=0.1, outgoing="zero",
                   generator=g, cause="test")  # fmt: skip
-    assert pop.update_scale[1] == 1.0  # a newborn is free
+    assert pop.updates.scale[1] == 1.0  # a newborn is free
     pop.grow(2, step=3)
-    assert pop.update_scale.tolist()[-2:] == [1.0, 1.0] and pop.update_scale[0] == 0.0
+    assert pop.updates.scale.tolist()[-2:] == [1.0, 1.0] and pop.updates.scale[0] == 0.0
     pop.shrink(torch.tensor([0]), step=3, cause="test")
-    assert pop.update_scale[1] == 0.5 and len(pop.update_scale) == pop.width  # kept aligned with slots
-    assert c.populations[1].before_update() is None  # nothing protected: nothing copied
+    assert pop.updates.scale[1] == 0.5 and len(pop.updates.scale) == pop.width  # kept aligned with slots
+    c.populations[1].updates.before_step()
+    assert c.populations[1].updates._before is None  # nothing protected: nothing copied
 
 
 def test_stability_first_protects_the_fittest_and_freezes_them(tmp_path: Path) -> None:

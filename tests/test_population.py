@@ -105,7 +105,8 @@ def test_grow_split_preserves_outputs_extends_state_and_keeps_training() -> None
     c.train_steps(3)
     pop = c.populations[1]
     mlp = pop.mlp
-    old_m = moments(c, mlp.fc.weight)[0].clone()
+    old_m, old_v = (t.clone() for t in moments(c, mlp.fc.weight))
+    old_out_m = moments(c, mlp.proj.weight)[0].clone()
     fc_weight_object = mlp.fc.weight
     x = torch.randint(20, (2, 8))
     c.model.eval()
@@ -119,8 +120,14 @@ def test_grow_split_preserves_outputs_extends_state_and_keeps_training() -> None
     assert mlp.fc.weight is fc_weight_object  # identity kept: the optimizer sees the new size
     assert mlp.gate.mask.shape == (36,) and mlp.gate.mask.eq(1).all()
     m, v = moments(c, mlp.fc.weight)
-    assert m.shape == (36, 16) and torch.equal(m[:32], old_m) and torch.count_nonzero(m[32:]) == 0
-    assert moments(c, mlp.proj.weight)[0].shape == (16, 36)
+    share = torch.tensor([0.5, 0.5, 1 / 3])[:, None]  # slot 2 split into three
+    assert m.shape == (36, 16) and torch.equal(m[3:32], old_m[3:32])  # neurons that did not split
+    assert torch.allclose(m[:3], old_m[:3] * share)  # the gradient reaching a split neuron is its share
+    assert torch.allclose(v[:3], old_v[:3] * share**2)
+    assert torch.equal(m[32:], m[[0, 1, 2, 2]]) and torch.equal(v[32:], v[[0, 1, 2, 2]])  # children inherit
+    out_m = moments(c, mlp.proj.weight)[0]
+    assert out_m.shape == (16, 36) and torch.equal(out_m[:, 32:], old_out_m[:, [0, 1, 2, 2]])  # kept
+    assert pop.updates.born_at[32:].tolist() == pop.updates.born_at[[0, 1, 2, 2]].tolist()
     assert pop.ids()[32:] == new_ids and len(pop.fitness()) == 36
     assert c.lineage.record(new_ids[2]).parents == (c.lineage.ids(1)[2],)
     # the grown neurons are trained: their weights move on the next optimizer step

@@ -1,0 +1,167 @@
+"""The measurements every comparison stands on: evaluation before surgery, Adam's bias correction
+for newborn neurons, the first-order fitness read from the output projection's gradient, and
+growth children that do not stay copies of their parents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from apoptosis.config import RunConfig
+from apoptosis.registry import STRATEGIES
+from apoptosis.strategy import Strategy, TrainingContext
+from apoptosis.trainer import Trainer, build_optimizer, read_events
+from tests.conftest import make_colony, tiny_run_config
+
+
+class _WipeLayer(Strategy):
+    """At step ``eval_interval``, every neuron of layer 0 is replaced by one with large random
+    weights: the model after this event is much worse than before it."""
+
+    name = "_wipe_layer"
+    uses_fitness = False
+    at_step = 10
+
+    def on_step_end(self, ctx: TrainingContext) -> None:
+        if ctx.step == self.at_step:
+            ctx.event(self.name, self.wipe)
+
+    @staticmethod
+    def wipe(pop) -> None:
+        if pop.layer != 0:
+            return
+        g = torch.Generator().manual_seed(0)
+        incoming = torch.randn(pop.width, pop.mlp.fc.in_features + 1, generator=g)
+        outgoing = torch.randn(pop.width, pop.mlp.proj.out_features, generator=g)
+        pop.replace(torch.arange(pop.width), incoming, outgoing, step=10, parents=[()] * pop.width, cause="wipe")
+
+
+@pytest.fixture
+def wipe_strategy():
+    STRATEGIES.register(_WipeLayer)
+    yield
+    STRATEGIES._entries.pop(_WipeLayer.name)
+
+
+def test_eval_precedes_event(tmp_path: Path, wipe_strategy) -> None:
+    reported: list[tuple[int, float]] = []
+    config = tiny_run_config(tmp_path, steps=20, strategy=_WipeLayer.name)
+    assert config.trainer.eval_interval == _WipeLayer.at_step
+    Trainer(config, tmp_path / "wipe", show_progress=False, on_evaluate=lambda s, v: reported.append((s, v))).fit()
+    intact = tiny_run_config(tmp_path, steps=20, strategy="none")
+    Trainer(intact, tmp_path / "intact", show_progress=False).fit()
+
+    wiped = pd.read_csv(tmp_path / "wipe" / "metrics.csv").set_index("step")
+    plain = pd.read_csv(tmp_path / "intact" / "metrics.csv").set_index("step")
+    assert wiped.loc[10, "val_loss"] == plain.loc[10, "val_loss"]  # the intact model, same seed
+    assert dict(reported)[10] == pytest.approx(plain.loc[10, "val_loss"], abs=1e-6)  # what a pruner sees
+    assert wiped.loc[10, "events"] == 1  # the row still counts the event of its step
+    event = next(e for e in read_events(tmp_path / "wipe") if e["layer"] == 0)
+    assert event["probe_loss_after"] > event["probe_loss_before"] + 0.1  # the surgery's cost is there
+    assert wiped.loc[20, "val_loss"] != plain.loc[20, "val_loss"]  # and the wipe did happen
+
+
+def _adam_updates(beta2: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train a tiny colony for 40 steps, replace neuron slots 0..3 of layer 0 by fresh neurons, then
+    train ``steps`` more; return the newborn rows' update at each step, and the updates a freshly
+    constructed AdamW makes when fed the same gradients."""
+    config = RunConfig()
+    config.trainer.beta2 = beta2
+    config.trainer.weight_decay = 0.1
+    c = make_colony(run_config=config)
+    c.train_steps(40)
+    pop = c.populations[0]
+    slots = torch.arange(4)
+    g = torch.Generator().manual_seed(1)
+    incoming = torch.randn(4, pop.mlp.fc.in_features + 1, generator=g) * 0.02
+    outgoing = torch.randn(4, pop.mlp.proj.out_features, generator=g) * 0.02
+    pop.replace(slots, incoming, outgoing, step=40, parents=[()] * 4, cause="test")
+
+    fc = pop.mlp.fc.weight
+    newborn = torch.nn.Parameter(fc.detach()[slots].clone())
+    fresh = torch.optim.AdamW([newborn], lr=c.optimizer.param_groups[0]["lr"], betas=(0.9, beta2),
+                              weight_decay=0.1)  # fmt: skip
+    got, want = [], []
+    batches = torch.Generator().manual_seed(2)
+    vocab, T = c.model.config.vocab_size, c.model.config.block_size
+    for _ in range(steps):
+        x = torch.randint(vocab, (4, T), generator=batches)
+        _, loss = c.model(x, x)
+        loss.backward()
+        newborn.grad = fc.grad[slots].clone()
+        before = fc.detach().clone()
+        for p in c.populations:
+            p.updates.before_step()
+        c.optimizer.step()
+        for p in c.populations:
+            p.updates.after_step()
+        c.optimizer.zero_grad(set_to_none=True)
+        reference_before = newborn.detach().clone()
+        fresh.step()
+        got.append((fc.detach()[slots] - before[slots]).clone())
+        want.append(newborn.detach() - reference_before)
+    return torch.stack(got), torch.stack(want)
+
+
+@pytest.mark.parametrize("beta2", [0.99, 0.999])
+def test_newborn_adam_update_size(beta2: float) -> None:
+    got, want = _adam_updates(beta2, steps=30)
+    ratio = got.norm(dim=(1, 2)) / want.norm(dim=(1, 2))
+    assert torch.all((ratio - 1).abs() < 0.05), ratio  # as a fresh AdamW's, step by step
+
+
+def test_newborn_correction_leaves_old_rows_untouched() -> None:
+    """The same training with and without the per-neuron correction moves every old row alike."""
+    c = make_colony()
+    c.train_steps(20)
+    pop = c.populations[0]
+    g = torch.Generator().manual_seed(5)
+    incoming = torch.randn(1, pop.mlp.fc.in_features + 1, generator=g) * 0.02
+    outgoing = torch.randn(1, pop.mlp.proj.out_features, generator=g) * 0.02
+    pop.replace(torch.tensor([0]), incoming, outgoing, step=20, parents=[()], cause="test")
+    assert pop.updates.young().tolist() == [0]
+    x = torch.randint(20, (4, 8), generator=torch.Generator().manual_seed(3))
+    _, loss = c.model(x, x)
+    loss.backward()
+    before = pop.mlp.fc.weight.detach().clone()
+    state = {k: v.clone() for k, v in c.optimizer.state[pop.mlp.fc.weight].items()}
+    pop.updates.before_step()
+    c.optimizer.step()
+    uncorrected = pop.mlp.fc.weight.detach().clone()
+    pop.updates.after_step()
+    after = pop.mlp.fc.weight.detach()
+    assert torch.equal(after[1:], uncorrected[1:])  # old rows: exactly the optimizer's step
+    assert not torch.equal(after[0], uncorrected[0])  # the newborn: its own bias correction
+    assert state["step"] + 1 == c.optimizer.state[pop.mlp.fc.weight]["step"]
+    assert not torch.equal(before[1:], after[1:])
+
+
+def test_growth_children_diverge() -> None:
+    """growth_only's default mutation breaks the Net2Net symmetry: children's incoming rows are
+    not their parents' after 50 steps, while the loss at birth is unchanged within 1e-4."""
+    from apoptosis.strategies.growth_only import GrowthOnlyParams
+
+    c = make_colony()
+    c.train_steps(10)
+    x = torch.randint(20, (8, 8), generator=torch.Generator().manual_seed(4))
+    c.model.eval()
+    with torch.no_grad():
+        loss_before = c.model(x, x)[1].item()
+    strength = GrowthOnlyParams().mutation_strength
+    assert strength > 0
+    parents = torch.tensor([0, 3, 5, 7])
+    g = torch.Generator().manual_seed(0)
+    for pop in c.populations:
+        pop.grow(4, step=10, parent_slots=parents, mutation_strength=strength, generator=g)
+    with torch.no_grad():
+        loss_after = c.model(x, x)[1].item()
+    assert abs(loss_after - loss_before) < 1e-4
+    c.model.train()
+    c.train_steps(50, seed=9)
+    for pop in c.populations:
+        w = pop.incoming()
+        children, of_parents = w[-4:], w[parents]
+        assert torch.all((children - of_parents).abs().amax(dim=1) > 1e-4)
