@@ -1,13 +1,17 @@
 """``apoptosis compare``: every strategy under one config and the same seeds, side by side.
 
 Each (strategy, seed) is an ordinary run in ``runs/<name>/<strategy>-s<seed>/``; runs go to
-parallel worker processes when asked. The table sets each strategy against ``none`` with a
-Welch 95% confidence interval, so a difference is only called one when the seeds agree.
+parallel worker processes when asked. The same command again continues a comparison that was
+stopped: finished runs are read back, killed ones resume from their checkpoint. The table sets
+each strategy against ``none`` with a Welch 95% interval and, since a seed fixes the initial
+weights and the batch order of every strategy alike, a paired interval over the seeds; a
+difference is only called one when the paired interval excludes 0.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -77,20 +81,42 @@ def plan_runs(
     return runs
 
 
-def check_new_comparison(result: Path, seeds: int, workers: int) -> None:
-    """Clear errors for bad counts, and never overwrite a finished comparison (``result`` is its table)."""
+def check_counts(seeds: int, workers: int) -> None:
     if seeds < 1:
         raise ApoptosisError(f"--seeds must be >= 1, got {seeds}")
     if workers < 1:
         raise ApoptosisError(f"--workers must be >= 1, got {workers}")
-    if result.exists():
-        raise ApoptosisError(f"{result.parent} already holds a comparison ({result.name}): choose another --name")
 
 
-def refuse_existing_runs(runs: list[PlannedRun]) -> None:
+def check_same_plan(runs: list[PlannedRun]) -> None:
+    """A folder that already holds one of these runs must hold the same run (then it is continued
+    or read back); a different one is an error naming the first setting that differs."""
     for run in runs:
-        if (run.run_dir / "config.toml").exists():
-            raise ApoptosisError(f"run folder {run.run_dir} already holds a run: choose another --name")
+        saved_path = run.run_dir / "config.toml"
+        if not saved_path.exists():
+            continue
+        saved = _comparable(RunConfig.from_toml_file(saved_path))
+        planned = _comparable(run.config)
+        for key in sorted(set(saved) | set(planned)):
+            if saved.get(key) != planned.get(key):
+                raise ApoptosisError(
+                    f"run folder {run.run_dir} holds another run ({key} = {saved.get(key)!r}, this comparison "
+                    f"asks for {planned.get(key)!r}): choose another --name"
+                )
+
+
+def _comparable(config: RunConfig) -> dict[str, Any]:
+    """Flat ``section.key`` settings with the strategies' defaults filled in, without what a run
+    sets itself (the vocabulary size)."""
+    from apoptosis.strategy import build_strategy
+
+    d = copy.deepcopy(config).to_dict()
+    d["model"].pop("vocab_size", None)
+    for section, follower in (("strategy", False), ("then", True)):
+        if section in d and d[section].get("name"):
+            name = d[section].pop("name")
+            d[section] = {"name": name, **build_strategy(name, d[section], follower=follower).params.to_dict()}
+    return {f"{section}.{key}": value for section, values in d.items() for key, value in values.items()}
 
 
 def _param_names(name: str, follower: bool = False) -> set[str]:
@@ -100,13 +126,24 @@ def _param_names(name: str, follower: bool = False) -> set[str]:
 
 
 def _run_one(run: PlannedRun, threads: int | None) -> dict[str, Any]:
+    """A finished run is read back; a killed one resumes from its checkpoint; one killed before
+    its first checkpoint starts again."""
+    import shutil
+
     import torch
 
-    from apoptosis.trainer import Trainer
+    from apoptosis.trainer import CHECKPOINT, Trainer
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-    summary = Trainer(run.config, run.run_dir, show_progress=False).fit()
+    summary_path = run.run_dir / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    else:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        resume = (run.run_dir / CHECKPOINT).exists()
+        if not resume and run.run_dir.exists():
+            shutil.rmtree(run.run_dir)  # same config, nothing saved yet: start it again
+        summary = Trainer(run.config, run.run_dir, resume=resume, show_progress=False).fit()
     return {**summary, "strategy": run.strategy, "seed": run.seed, "run": run.run_dir.name}
 
 
@@ -137,13 +174,26 @@ def welch_interval(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[f
     diff = float(np.mean(a) - np.mean(b))
     if len(a) < 2 or len(b) < 2:
         return diff, float("nan"), float("nan")
-    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
-    se = float(np.sqrt(va + vb))
-    if se == 0:
+    if np.var(a) == 0 and np.var(b) == 0:
         return diff, diff, diff
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = float(stats.t.ppf(0.5 + level / 2, dof)) * se
-    return diff, diff - half, diff + half
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
+    return diff, float(ci.low), float(ci.high)
+
+
+def paired_interval(a: pd.Series, b: pd.Series, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of a - b over the seeds both have (Series indexed by seed), with its t interval
+    (nan bounds with fewer than 2 common seeds)."""
+    common = a.index.intersection(b.index)
+    diffs = (a[common] - b[common]).to_numpy(dtype=float)
+    if len(diffs) == 0:
+        return float("nan"), float("nan"), float("nan")
+    diff = float(diffs.mean())
+    if len(diffs) < 2:
+        return diff, float("nan"), float("nan")
+    if np.var(diffs) == 0:
+        return diff, diff, diff
+    ci = stats.ttest_1samp(diffs, 0.0).confidence_interval(level)
+    return diff, float(ci.low), float(ci.high)
 
 
 def comparison_tables(frame: pd.DataFrame, title: str) -> list[Table]:
@@ -152,20 +202,21 @@ def comparison_tables(frame: pd.DataFrame, title: str) -> list[Table]:
     followed = frame["strategy"].str.contains("+", regex=False).any()  # a follower ran after events
     label_width = max(12, *(len(str(s)) for s in frame["strategy"]))
     losses = Table(
-        title=f"{title}: final validation loss\n(≈: the Welch 95% interval of the difference contains 0)",
+        title=f"{title}: final validation loss\n(Δ: mean difference to {BASELINE}; paired: its 95% interval over "
+        "the same seeds; Welch: unpaired; ≈: the paired interval contains 0)",
         title_justify="left",
     )
-    for i, header in enumerate(["strategy", "seeds", "mean ± std", f"Δ vs {BASELINE}", "95% CI", ""]):
+    for i, header in enumerate(["strategy", "seeds", "mean ± std", "Δ", "paired 95% CI", "Welch 95% CI", ""]):
         losses.add_column(
             header,
-            justify="left" if i in (0, 5) else "right",
+            justify="left" if i in (0, 6) else "right",
             no_wrap=i > 0,
             overflow="fold",
             min_width=label_width if i == 0 else None,
         )
     mechanics = Table(
-        title=f"{title}: mechanics (means over seeds)\n(var: train-loss variance around its trend over the last 20% of steps; "
-        "died: neurons replaced; disr: probe-loss change per event"
+        title=f"{title}: mechanics (means over seeds)\n(var: train-loss variance around its trend over the "
+        "last 20% of steps; died: neurons replaced; disr: probe-loss change per event"
         + ("; surg: the same before the follower ran)" if followed else ")"),
         title_justify="left",
         pad_edge=False,
@@ -180,18 +231,20 @@ def comparison_tables(frame: pd.DataFrame, title: str) -> list[Table]:
             overflow="fold",
             min_width=label_width if i == 0 else None,
         )
-    baseline = frame[frame.strategy == BASELINE]["final_val_loss"].to_numpy()
+    baseline = frame[frame.strategy == BASELINE].set_index("seed")["final_val_loss"]
     for strategy, group in frame.groupby("strategy", sort=False):
-        val = group["final_val_loss"].to_numpy()
-        delta, interval, verdict = "-", "-", ""
+        val = group.set_index("seed")["final_val_loss"]
+        delta, paired, welch, verdict = "-", "-", "-", ""
         if strategy != BASELINE and len(baseline):
-            diff, low, high = welch_interval(val, baseline)
+            diff, low, high = welch_interval(val.to_numpy(), baseline.to_numpy())
             delta = f"{diff:+.4f}"
+            welch = _interval(low, high)
+            _, low, high = paired_interval(val, baseline)
+            paired = _interval(low, high)
             if not np.isnan(low):
-                interval = f"[{low:+.4f}, {high:+.4f}]"
                 verdict = "[green]better" if high < 0 else "[red]worse" if low > 0 else "≈"
         spread = f" ± {val.std(ddof=1):.4f}" if len(val) > 1 else ""
-        losses.add_row(str(strategy), f"{len(group)}", f"{val.mean():.4f}{spread}", delta, interval, verdict)
+        losses.add_row(str(strategy), f"{len(group)}", f"{val.mean():.4f}{spread}", delta, paired, welch, verdict)
         disruption = group["mean_event_disruption"].dropna()
         mechanics.add_row(
             str(strategy),
@@ -205,6 +258,10 @@ def comparison_tables(frame: pd.DataFrame, title: str) -> list[Table]:
             f"{group['tokens_per_s'].mean():,.0f}",
         )
     return [losses, mechanics]
+
+
+def _interval(low: float, high: float) -> str:
+    return "-" if np.isnan(low) else f"[{low:+.4f}, {high:+.4f}]"
 
 
 def _mean_or_dash(group: pd.DataFrame, column: str, fmt: str) -> str:
@@ -252,9 +309,9 @@ def compare(
     console: Console,
     then_sets: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
-    check_new_comparison(out_dir / "compare.csv", seeds, workers)
+    check_counts(seeds, workers)
     runs = plan_runs(base, strategies, list(range(1, seeds + 1)), strategy_sets, out_dir, then_sets)
-    refuse_existing_runs(runs)
+    check_same_plan(runs)
     frame = run_all(runs, workers, console)
     order = {name: i for i, name in enumerate(strategies)}
     frame = frame.sort_values(["strategy", "seed"], key=lambda c: c.map(order) if c.name == "strategy" else c)

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from apoptosis.compare import PlannedRun, check_new_comparison, plan_runs, refuse_existing_runs, run_all
+from apoptosis.compare import PlannedRun, check_counts, check_same_plan, plan_runs, run_all
 from apoptosis.config import RunConfig, StrategyConfig, no_follower
 from apoptosis.continual_measures import continual_measures
 from apoptosis.corpora import BUILTIN_CORPORA, PhaseSpec, distinct_corpora, parse_phases
@@ -108,9 +108,9 @@ def run_continual(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every method and baseline; return (one row per run, one row per run and phase) and
     write them as ``continual.csv`` and ``phases.csv`` with the plots."""
-    check_new_comparison(out_dir / "continual.csv", seeds, workers)
+    check_counts(seeds, workers)
     runs, fresh = plan_continual(config, labels, list(range(1, seeds + 1)), strategy_sets, then_sets, out_dir)
-    refuse_existing_runs(runs + fresh)
+    check_same_plan(runs + fresh)
     frame = run_all(runs + fresh, workers, console)
     baselines = {
         seed: {

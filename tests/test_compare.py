@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from apoptosis.compare import plan_runs, welch_interval
+from apoptosis.compare import paired_interval, plan_runs, welch_interval
 from apoptosis.config import RunConfig
 from apoptosis.errors import ApoptosisError
 from tests.conftest import TINY_TEXT
@@ -27,6 +27,15 @@ def test_welch_interval_matches_scipy() -> None:
     assert diff == pytest.approx(a.mean() - b.mean())
     assert (low, high) == pytest.approx((ci.low, ci.high))
     assert np.isnan(welch_interval(a[:1], b)[1])
+
+
+def test_paired_interval_matches_scipy_over_common_seeds() -> None:
+    a = pd.Series([1.0, 1.2, 0.9, 5.0], index=[1, 2, 3, 9])  # seed 9 has no partner: left out
+    b = pd.Series([1.1, 1.25, 1.0], index=[1, 2, 3])
+    diff, low, high = paired_interval(a, b)
+    ci = stats.ttest_rel([1.0, 1.2, 0.9], [1.1, 1.25, 1.0]).confidence_interval(0.95)
+    assert diff == pytest.approx(-0.25 / 3) and (low, high) == pytest.approx((ci.low, ci.high))
+    assert np.isnan(paired_interval(a.iloc[:1], b)[1])
 
 
 def test_plan_sends_strategy_settings_only_where_they_exist(tmp_path: Path) -> None:
@@ -64,6 +73,19 @@ def test_compare_cli_runs_every_strategy_and_seed_in_parallel(tmp_path: Path) ->
     assert (frame[frame.strategy != "none"].events == 2).all()
     for name in ("val_loss.png", "ages.png", "standard-s2/summary.json"):
         assert (tmp_path / "cmp" / name).is_file()
-    assert "Δ vs none" in done.stdout and "hybrid" in done.stdout
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert again.returncode == 2 and "already holds a comparison" in again.stderr
+    assert "mean difference to none" in done.stdout and "hybrid" in done.stdout
+    assert "paired 95% CI" in done.stdout
+    # stopped comparisons continue: a finished run is read back, a killed one resumes, one killed
+    # before its first checkpoint starts again; all end as the uninterrupted runs did
+    finished = (tmp_path / "cmp" / "none-s1" / "metrics.csv").stat().st_mtime_ns
+    (tmp_path / "cmp" / "standard-s1" / "summary.json").unlink()
+    for name in ("summary.json", "checkpoints/last.pt"):
+        (tmp_path / "cmp" / "hybrid-s2" / name).unlink()
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "cmp" / "none-s1" / "metrics.csv").stat().st_mtime_ns == finished
+    columns = ["strategy", "seed", "final_val_loss", "events"]
+    assert pd.read_csv(tmp_path / "cmp" / "compare.csv")[columns].equals(frame[columns])
+    changed = [*cmd, "--set", "strategy.interval=5"]  # the later --set wins
+    refused = subprocess.run(changed, capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode == 2 and "holds another run (strategy.interval = 10" in refused.stderr

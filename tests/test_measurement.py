@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from apoptosis.config import RunConfig
-from apoptosis.registry import STRATEGIES
+from apoptosis.fitness import FitnessTracker
+from apoptosis.model import GPT
+from apoptosis.registry import FITNESS_METRICS, STRATEGIES
 from apoptosis.strategy import Strategy, TrainingContext
-from apoptosis.trainer import Trainer, build_optimizer, read_events
-from tests.conftest import make_colony, tiny_run_config
+from apoptosis.trainer import Trainer, read_events
+from tests.conftest import make_colony, tiny_model_config, tiny_run_config
 
 
 class _WipeLayer(Strategy):
@@ -165,3 +167,58 @@ def test_growth_children_diverge() -> None:
         w = pop.incoming()
         children, of_parents = w[-4:], w[parents]
         assert torch.all((children - of_parents).abs().amax(dim=1) > 1e-4)
+
+
+def test_taylor_matches_proj_grad() -> None:
+    torch.manual_seed(0)
+    model = GPT(tiny_model_config(n_layer=3))
+    model.blocks[1].mlp.gate.mask[[2, 5]] = 0.0  # a masked neuron scores 0 both ways
+    seen: dict[int, torch.Tensor] = {}
+    for i, block in enumerate(model.blocks):
+
+        def hook(module, inputs, h, i=i):
+            h.retain_grad()
+            seen[i] = h
+
+        block.mlp.gate.register_forward_hook(hook)
+    x = torch.randint(20, (4, 8), generator=torch.Generator().manual_seed(1))
+    _, loss = model(x, x.roll(1, dims=1))
+    loss.backward()
+    signed, unsigned = FITNESS_METRICS.get("taylor_signed")(), FITNESS_METRICS.get("taylor")()
+    for layer, block in enumerate(model.blocks):
+        h, g = seen[layer].detach(), seen[layer].grad
+        expected = -(h * g).sum(dim=(0, 1))
+        assert expected.abs().max() > 1e-6  # a real signal, with both signs
+        assert (expected > 0).any() and (expected < 0).any()
+        tolerance = 1e-5 * expected.abs().max().item()
+        from_grad = signed.weight_grad_value(block.mlp)
+        assert torch.allclose(from_grad, expected, rtol=1e-4, atol=tolerance)
+        assert torch.allclose(signed.step_value(h, g), expected)
+        assert torch.equal(unsigned.weight_grad_value(block.mlp), from_grad.abs())
+        assert torch.equal(unsigned.step_value(h, g), signed.step_value(h, g).abs())
+    assert signed.weight_grad_value(model.blocks[1].mlp)[[2, 5]].eq(0).all()
+
+    tracker = FitnessTracker(model, "taylor", ema_decay=0.9)
+    tracker.attach()
+    assert tracker._handles == []  # no hooks: training pays nothing per forward pass
+    tracker.after_backward()
+    for layer, block in enumerate(model.blocks):
+        assert torch.allclose(tracker.scores(layer), unsigned.weight_grad_value(block.mlp))
+    weights = [w.clone() for w in tracker.weights]
+    with tracker.paused():
+        tracker.after_backward()
+    assert all(torch.equal(a, b) for a, b in zip(weights, tracker.weights, strict=True))
+    tracker.after_backward()  # attached again after the pause
+    assert not torch.equal(weights[0], tracker.weights[0])
+    tracker.detach()
+    weights = [w.clone() for w in tracker.weights]
+    tracker.after_backward()
+    assert torch.equal(weights[0], tracker.weights[0])
+
+    hooked = FitnessTracker(model, "grad_activation")
+    hooked.attach()
+    assert len(hooked._handles) == 3
+    before = hooked.weights[0].clone()
+    hooked.after_backward()  # a hook metric ignores it
+    assert torch.equal(before, hooked.weights[0])
+    hooked.detach()
