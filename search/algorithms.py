@@ -6,7 +6,7 @@ import warnings
 
 import optuna
 
-from apoptosis.errors import ApoptosisError
+from apoptosis.core.errors import ApoptosisError
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
 PRUNERS = ("median", "hyperband", "none")

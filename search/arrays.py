@@ -19,7 +19,7 @@ from itertools import combinations
 
 import numpy as np
 
-from apoptosis.errors import ApoptosisError
+from apoptosis.core.errors import ApoptosisError
 
 __all__ = [
     "ALIASES",

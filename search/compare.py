@@ -18,9 +18,9 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from apoptosis.config import RunConfig
-from apoptosis.errors import ApoptosisError
-from apoptosis.io import atomic_write_text
+from apoptosis.core.config import RunConfig
+from apoptosis.core.errors import ApoptosisError
+from apoptosis.core.io import atomic_write_text
 from apoptosis.search.arrays import design
 from apoptosis.search.objective import SyntheticObjective
 from apoptosis.search.optuna_search import run_optuna

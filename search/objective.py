@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import optuna
 
-from apoptosis.config import RunConfig
+from apoptosis.core.config import RunConfig
 from apoptosis.search.space import apply_settings, setting_distribution, unit_position
 
 OBJECTIVES = ("train", "synthetic")
@@ -40,7 +40,7 @@ class TrainingObjective(Objective):
     trials_dir: Path
 
     def __call__(self, trial: optuna.Trial, settings: dict[str, Any], seeds: list[int]) -> float:
-        from apoptosis.trainer import Trainer
+        from apoptosis.training import Trainer
 
         config = apply_settings(self.base, settings)
         config.trainer.steps = self.steps

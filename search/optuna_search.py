@@ -8,8 +8,8 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
-from apoptosis.errors import ApoptosisError
-from apoptosis.io import atomic_write_text
+from apoptosis.core.errors import ApoptosisError
+from apoptosis.core.io import atomic_write_text
 from apoptosis.search.space import apply_settings
 from apoptosis.search.study import StudySpec, best_trial, coordinate, enqueue, queued, trials_frame
 

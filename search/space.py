@@ -20,9 +20,9 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from apoptosis.config import RunConfig
-from apoptosis.errors import ApoptosisError
-from apoptosis.params import ParamSpec
+from apoptosis.core.config import RunConfig
+from apoptosis.core.errors import ApoptosisError
+from apoptosis.core.params import ParamSpec
 
 # Run settings outside the strategy that a search may tune (``--tune trainer.lr,...``), with the
 # range it explores. Strategy parameters take their ranges from their own declarations.
@@ -39,7 +39,7 @@ TUNABLE_SETTINGS: dict[str, BaseDistribution] = {
 
 
 def fitness_metric_distribution() -> CategoricalDistribution:
-    from apoptosis.registry import FITNESS_METRICS
+    from apoptosis.core.registry import FITNESS_METRICS
 
     return CategoricalDistribution(FITNESS_METRICS.names())
 
@@ -56,7 +56,7 @@ def tunable_distribution(key: str) -> BaseDistribution:
 
 def strategy_distributions(strategy: str) -> dict[str, BaseDistribution]:
     """Each searchable parameter of a strategy with the range its declaration gives."""
-    from apoptosis.strategy import build_strategy
+    from apoptosis.core.strategy import build_strategy
 
     params_cls = type(build_strategy(strategy).params)
     hints = typing.get_type_hints(params_cls)
@@ -111,7 +111,7 @@ def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
 def apply_settings(base: RunConfig, settings: dict[str, Any]) -> RunConfig:
     """A copy of ``base`` with every setting applied and checked (a strategy change drops the
     old strategy's parameters)."""
-    from apoptosis.strategy import build_strategy
+    from apoptosis.core.strategy import build_strategy
 
     config = copy.deepcopy(base)
     name = settings.get("strategy.name", config.strategy.name)
@@ -139,7 +139,7 @@ class SearchSpace:
     def from_registry(cls, strategies: list[str], tune: list[str], fixed: dict[str, Any]) -> SearchSpace:
         """Every searchable parameter of each strategy, except those ``fixed`` (``--set``), plus
         the ``tune`` settings."""
-        from apoptosis.strategy import build_strategy
+        from apoptosis.core.strategy import build_strategy
 
         if not strategies:
             raise ApoptosisError("--strategies needs at least one strategy name")

@@ -30,8 +30,8 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from apoptosis.config import RunConfig
-from apoptosis.errors import ApoptosisError
+from apoptosis.core.config import RunConfig
+from apoptosis.core.errors import ApoptosisError
 from apoptosis.search.algorithms import make_pruner, make_sampler
 from apoptosis.search.objective import Objective, SyntheticObjective, TrainingObjective
 from apoptosis.search.space import LevelSpace, SearchSpace

@@ -19,8 +19,8 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
-from apoptosis.errors import ApoptosisError
-from apoptosis.io import atomic_write_json, atomic_write_text
+from apoptosis.core.errors import ApoptosisError
+from apoptosis.core.io import atomic_write_json, atomic_write_text
 from apoptosis.search import taguchi_analysis as ta
 from apoptosis.search.arrays import OrthogonalArray, design
 from apoptosis.search.space import apply_settings

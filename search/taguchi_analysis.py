@@ -31,7 +31,7 @@ from rich import box
 from rich.table import Table
 from scipy import stats
 
-from apoptosis.io import atomic_write
+from apoptosis.core.io import atomic_write
 
 __all__ = [
     "signal_to_noise",

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
-from apoptosis.params import StrategyParams, param
-from apoptosis.population import NeuronPopulation
-from apoptosis.registry import register_strategy
+from apoptosis.core.params import StrategyParams, param
+from apoptosis.core.population import NeuronPopulation
+from apoptosis.core.registry import register_strategy
 from apoptosis.strategies.selection import select_deaths
-from apoptosis.strategy import Strategy, TrainingContext
+from apoptosis.core.strategy import Strategy, TrainingContext
 
 CROSSOVER_MODES = ("uniform", "fitness_weighted", "blend")
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apoptosis.params import StrategyParams, param
-from apoptosis.population import NeuronPopulation
-from apoptosis.registry import register_strategy
+from apoptosis.core.params import StrategyParams, param
+from apoptosis.core.population import NeuronPopulation
+from apoptosis.core.registry import register_strategy
 from apoptosis.strategies.selection import select_deaths, select_parents
-from apoptosis.strategy import Strategy, TrainingContext
+from apoptosis.core.strategy import Strategy, TrainingContext
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """``none``: the baseline. No neuron dies, and no fitness is tracked (so it costs nothing)."""
 
-from apoptosis.registry import register_strategy
-from apoptosis.strategy import Strategy
+from apoptosis.core.registry import register_strategy
+from apoptosis.core.strategy import Strategy
 
 
 @register_strategy

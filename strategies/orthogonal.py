@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
-from apoptosis.params import param
-from apoptosis.population import NeuronPopulation
-from apoptosis.registry import register_strategy
+from apoptosis.core.params import param
+from apoptosis.core.population import NeuronPopulation
+from apoptosis.core.registry import register_strategy
 from apoptosis.strategies.selection import ReplacementParams, select_deaths
-from apoptosis.strategy import Strategy, TrainingContext
+from apoptosis.core.strategy import Strategy, TrainingContext
 
 
 @dataclass

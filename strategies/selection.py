@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from apoptosis.params import StrategyParams, param
-from apoptosis.population import NeuronPopulation
+from apoptosis.core.params import StrategyParams, param
+from apoptosis.core.population import NeuronPopulation
 
 
 @dataclass

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apoptosis.params import param
-from apoptosis.population import OUTGOING_MODES, NeuronPopulation
-from apoptosis.registry import register_strategy
+from apoptosis.core.params import param
+from apoptosis.core.population import OUTGOING_MODES, NeuronPopulation
+from apoptosis.core.registry import register_strategy
 from apoptosis.strategies.selection import ReplacementParams, select_deaths, select_parents
-from apoptosis.strategy import Strategy, TrainingContext
+from apoptosis.core.strategy import Strategy, TrainingContext
 
 
 @dataclass

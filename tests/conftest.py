@@ -7,12 +7,12 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from apoptosis.config import ModelConfig, RunConfig
-from apoptosis.fitness import FitnessTracker
-from apoptosis.lineage import Lineage
-from apoptosis.model import GPT
-from apoptosis.population import NeuronPopulation
-from apoptosis.trainer import build_optimizer
+from apoptosis.core.config import ModelConfig, RunConfig
+from apoptosis.core.fitness import FitnessTracker
+from apoptosis.core.lineage import Lineage
+from apoptosis.core.model import GPT
+from apoptosis.core.population import NeuronPopulation
+from apoptosis.training import build_optimizer
 
 TINY_TEXT = (
     "To be, or not to be, that is the question:\n"

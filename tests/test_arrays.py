@@ -7,7 +7,7 @@ from itertools import product
 import numpy as np
 import pytest
 
-from apoptosis.errors import ApoptosisError
+from apoptosis.core.errors import ApoptosisError
 from apoptosis.search.arrays import (
     ARRAYS,
     OrthogonalArray,

@@ -2,7 +2,7 @@
 traceback), and a tiny ``train`` -> ``sample`` -> ``ages`` round trip works.
 
 The main cases run ``python -m apoptosis.cli`` as a real process; further variations call
-``apoptosis.cli.main`` in this process, which saves an interpreter and torch start-up each."""
+``apoptosis.cli.main.main`` in this process, which saves an interpreter and torch start-up each."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def with_run_folder(case: str, args: list[str], cwd: Path) -> list[str]:
 
 def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
     """``apoptosis ARGS`` in this process: (exit code, stdout, stderr)."""
-    from apoptosis.cli import main
+    from apoptosis.cli.main import main
 
     capsys.readouterr()
     monkeypatch.setattr(sys, "argv", ["apoptosis", *args])
@@ -265,7 +265,7 @@ def test_train_end_to_end(trained) -> None:
 
 
 def test_train_saves_the_full_config(trained) -> None:
-    from apoptosis.config import RunConfig
+    from apoptosis.core.config import RunConfig
 
     _, run, text, result = trained
     assert result.returncode == 0
@@ -320,7 +320,7 @@ def test_ages(trained) -> None:
 
 
 def test_ages_table_readable_at_80_columns(trained) -> None:
-    from apoptosis.report import print_ages
+    from apoptosis.analysis.report import print_ages
 
     _, run, _, result = trained
     assert result.returncode == 0

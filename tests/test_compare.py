@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from apoptosis.compare import paired_interval, plan_runs, welch_interval
-from apoptosis.config import RunConfig
-from apoptosis.errors import ApoptosisError
+from apoptosis.analysis.compare import paired_interval, plan_runs, welch_interval
+from apoptosis.core.config import RunConfig
+from apoptosis.core.errors import ApoptosisError
 from tests.conftest import TINY_TEXT
 
 

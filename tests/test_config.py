@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from apoptosis.config import ModelConfig, RunConfig, StrategyConfig, _coerce, parse_set_option
-from apoptosis.errors import ApoptosisError
-from apoptosis.registry import STRATEGIES
-from apoptosis.strategy import build_strategy
+from apoptosis.core.config import ModelConfig, RunConfig, StrategyConfig, _coerce, parse_set_option
+from apoptosis.core.errors import ApoptosisError
+from apoptosis.core.registry import STRATEGIES
+from apoptosis.core.strategy import build_strategy
 
 StandardParams = STRATEGIES.get("standard").Params  # the class the entry point registers
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apoptosis.config import RunConfig, StrategyConfig
-from apoptosis.continual import continual_config, fresh_config
-from apoptosis.model import frozen_copy
-from apoptosis.registry import STRATEGIES
-from apoptosis.strategy import Phase, Strategy, TrainingContext, build_strategy
-from apoptosis.trainer import Trainer, lr_at, read_events, read_metrics
+from apoptosis.continual.experiment import continual_config, fresh_config
+from apoptosis.core.config import RunConfig, StrategyConfig
+from apoptosis.core.model import frozen_copy
+from apoptosis.core.registry import STRATEGIES
+from apoptosis.core.strategy import Phase, Strategy, TrainingContext, build_strategy
+from apoptosis.training import Trainer, lr_at, read_events, read_metrics
 from tests.conftest import make_colony, tiny_run_config
 from tests.test_cli import run_cli
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from apoptosis.continual_measures import continual_measures
-from apoptosis.errors import ApoptosisError
+from apoptosis.continual.measures import continual_measures
+from apoptosis.core.errors import ApoptosisError
 
 S, K = 10, 2
 PHASES = ["a", "b", "a"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from apoptosis import corpora
-from apoptosis.corpora import (
+from apoptosis.core import corpora
+from apoptosis.core.corpora import (
     BUILTIN_CORPORA,
     PhaseSpec,
     corpus_text,
@@ -20,7 +20,7 @@ from apoptosis.corpora import (
     python_stdlib_text,
     union_vocab,
 )
-from apoptosis.errors import ApoptosisError
+from apoptosis.core.errors import ApoptosisError
 
 
 def write(root: Path, rel: str, data: str | bytes) -> None:

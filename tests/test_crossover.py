@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import apoptosis.strategies.crossover  # noqa: F401  (registers "crossover" until its entry point exists)
-from apoptosis.errors import ApoptosisError
+from apoptosis.core.errors import ApoptosisError
+from apoptosis.core.strategy import build_strategy
 from apoptosis.strategies.crossover import choose_parents, tournament
-from apoptosis.strategy import build_strategy
-from apoptosis.trainer import Trainer, read_events
+from apoptosis.training import Trainer, read_events
 from tests.conftest import Colony, make_colony, tiny_run_config
 from tests.test_standard import context, set_fitness
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from apoptosis.data import CharDataset, CharVocab, load_corpus, markdown_play_to_text, read_text_file
-from apoptosis.errors import ApoptosisError
+from apoptosis.core.data import CharDataset, CharVocab, load_corpus, markdown_play_to_text, read_text_file
+from apoptosis.core.errors import ApoptosisError
 
 PLAY = (
     "# Title\n"
@@ -281,7 +281,7 @@ def test_directory_is_not_a_file(tmp_path: Path) -> None:
 def test_unigram_loss_is_the_context_free_cross_entropy() -> None:
     import math
 
-    from apoptosis.data import CharDataset
+    from apoptosis.core.data import CharDataset
 
     ds = CharDataset.from_text("ab" * 200, block_size=4)
     assert math.isclose(ds.unigram_loss(), math.log(2), rel_tol=1e-2)

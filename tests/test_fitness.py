@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apoptosis.errors import ApoptosisError
-from apoptosis.registry import FITNESS_METRICS
+from apoptosis.core.errors import ApoptosisError
+from apoptosis.core.registry import FITNESS_METRICS
 from tests.conftest import make_colony
 
 

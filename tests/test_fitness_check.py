@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from apoptosis.config import RunConfig
-from apoptosis.fitness_check import NEURONS_CSV, SUMMARY_CSV, removal_costs, run_corpus
-from apoptosis.model import GPT
-from apoptosis.registry import FITNESS_METRICS
-from apoptosis.trainer import Trainer, load_model
+from apoptosis.analysis.fitness_check import NEURONS_CSV, SUMMARY_CSV, removal_costs, run_corpus
+from apoptosis.core.config import RunConfig
+from apoptosis.core.model import GPT
+from apoptosis.core.registry import FITNESS_METRICS
+from apoptosis.training import Trainer, load_model
 from tests.conftest import tiny_model_config, tiny_run_config
 
 
@@ -82,7 +82,7 @@ def test_batched_costs_every_neuron_of_a_deeper_model() -> None:
 
 
 def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    from apoptosis.cli import main
+    from apoptosis.cli.main import main
 
     capsys.readouterr()
     monkeypatch.setattr(sys, "argv", ["apoptosis", *args])

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import apoptosis.strategies.functional_preservation  # noqa: F401  (registers it until its entry point exists)
-from apoptosis.errors import ApoptosisError
+from apoptosis.core.errors import ApoptosisError
+from apoptosis.core.strategy import build_strategy
 from apoptosis.strategies.functional_preservation import FunctionalPreservation
-from apoptosis.strategy import build_strategy
-from apoptosis.trainer import Trainer, read_events
+from apoptosis.training import Trainer, read_events
 from tests.conftest import Colony, make_colony, tiny_run_config
 from tests.test_standard import context, set_fitness
 

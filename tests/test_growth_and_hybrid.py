@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from apoptosis.strategy import build_strategy
-from apoptosis.trainer import Trainer, load_model, read_events
+from apoptosis.core.strategy import build_strategy
+from apoptosis.training import Trainer, load_model, read_events
 from tests.conftest import make_colony, tiny_run_config
 from tests.test_standard import context, set_fitness
 
@@ -18,7 +18,8 @@ from tests.test_standard import context, set_fitness
 def test_growth_with_no_mutation_leaves_outputs_unchanged() -> None:
     c = make_colony()
     c.train_steps(2)
-    strategy = build_strategy("growth_only", {"growth_rate": 0.25, "interval": 10, "max_width": 44})
+    params = {"growth_rate": 0.25, "interval": 10, "max_width": 44, "mutation_strength": 0.0}
+    strategy = build_strategy("growth_only", params)
     x = torch.randint(20, (3, 8))
     c.model.eval()
     with torch.no_grad():

@@ -11,13 +11,14 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-import typer
 from typer.testing import CliRunner
 
-import apoptosis.data as data_module
-import apoptosis.recovery as recovery_module
-from apoptosis.config import RunConfig
-from apoptosis.damage import (
+import apoptosis.core.data as data_module
+import apoptosis.lazarus.recovery as recovery_module
+from apoptosis.cli.main import app
+from apoptosis.core.config import RunConfig
+from apoptosis.core.errors import ApoptosisError
+from apoptosis.lazarus.damage import (
     DamageSpec,
     damage_model,
     damage_run,
@@ -26,9 +27,7 @@ from apoptosis.damage import (
     noised_parameters,
     prunable_weights,
 )
-from apoptosis.errors import ApoptosisError
-from apoptosis.lazarus_cli import register
-from apoptosis.recovery import (
+from apoptosis.lazarus.recovery import (
     LossWeights,
     RecoverySettings,
     compare_models,
@@ -40,7 +39,7 @@ from apoptosis.recovery import (
     recovery_fraction,
     recovery_inputs,
 )
-from apoptosis.trainer import Trainer, load_model
+from apoptosis.training import Trainer, load_model
 from tests.conftest import tiny_run_config
 
 
@@ -246,8 +245,6 @@ def test_recovery_fraction():
 
 @pytest.fixture
 def cli():
-    app = typer.Typer()
-    register(app)
     runner = CliRunner()
     return lambda *args: runner.invoke(app, [str(a) for a in args])
 

@@ -10,16 +10,15 @@ import shutil
 
 import pandas as pd
 import pytest
-import typer
 from typer.testing import CliRunner
 
-import apoptosis.lazarus_curve as curve_module
-from apoptosis.config import RunConfig
-from apoptosis.damage import DamageSpec, damage_model
-from apoptosis.lazarus_cli import register
-from apoptosis.lazarus_curve import CSV_FILE, LOSS_PLOT, RECOVERY_PLOT, SETTINGS_FILE, read_curve
-from apoptosis.recovery import compare_models, evaluation_batches, recovery_fraction
-from apoptosis.trainer import Trainer, load_model
+import apoptosis.lazarus.curve as curve_module
+from apoptosis.cli.main import app
+from apoptosis.core.config import RunConfig
+from apoptosis.lazarus.curve import CSV_FILE, LOSS_PLOT, RECOVERY_PLOT, SETTINGS_FILE, read_curve
+from apoptosis.lazarus.damage import DamageSpec, damage_model
+from apoptosis.lazarus.recovery import compare_models, evaluation_batches, recovery_fraction
+from apoptosis.training import Trainer, load_model
 from tests.conftest import tiny_run_config
 from tests.test_cli import run_cli, run_main
 
@@ -37,8 +36,6 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cli():
-    app = typer.Typer()
-    register(app)
     runner = CliRunner(env={"COLUMNS": "160"})  # wide enough for the table's headers on one line
     return lambda *args: runner.invoke(app, [str(a) for a in args])
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apoptosis.config import RunConfig, StrategyConfig
-from apoptosis.errors import ApoptosisError
-from apoptosis.model import GPT, frozen_copy
-from apoptosis.strategy import Event, TrainingContext, build_strategy
-from apoptosis.trainer import Trainer, read_events
+from apoptosis.core.config import RunConfig, StrategyConfig
+from apoptosis.core.errors import ApoptosisError
+from apoptosis.core.model import GPT, frozen_copy
+from apoptosis.core.strategy import Event, TrainingContext, build_strategy
+from apoptosis.training import Trainer, read_events
 from tests.conftest import tiny_model_config, tiny_run_config
 from tests.test_cli import run_cli, write_corpus
 

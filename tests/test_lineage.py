@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from apoptosis.lineage import Lineage
+from apoptosis.core.lineage import Lineage
 
 
 def test_founders_births_deaths_and_generations(tmp_path) -> None:

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from apoptosis.config import RunConfig
-from apoptosis.fitness import FitnessTracker
-from apoptosis.model import GPT
-from apoptosis.registry import FITNESS_METRICS, STRATEGIES
-from apoptosis.strategy import Strategy, TrainingContext
-from apoptosis.trainer import Trainer, read_events
+from apoptosis.core.config import RunConfig
+from apoptosis.core.fitness import FitnessTracker
+from apoptosis.core.model import GPT
+from apoptosis.core.registry import FITNESS_METRICS, STRATEGIES
+from apoptosis.core.strategy import Strategy, TrainingContext
+from apoptosis.training import Trainer, read_events
 from tests.conftest import make_colony, tiny_model_config, tiny_run_config
 
 

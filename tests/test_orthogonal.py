@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import apoptosis.strategies.orthogonal  # noqa: F401  (registers "orthogonal" until its entry point exists)
-from apoptosis.errors import ApoptosisError
-from apoptosis.population import NeuronPopulation
+from apoptosis.core.errors import ApoptosisError
+from apoptosis.core.population import NeuronPopulation
+from apoptosis.core.strategy import build_strategy
 from apoptosis.strategies.orthogonal import choose_deaths, choose_parents, cosine_matrix, max_similarity, rank_score
 from apoptosis.strategies.selection import select_deaths
-from apoptosis.strategy import build_strategy
-from apoptosis.trainer import Trainer, read_events
+from apoptosis.training import Trainer, read_events
 from tests.conftest import make_colony, tiny_run_config
 from tests.test_standard import context, set_fitness
 

@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from apoptosis.model import GPT
+from apoptosis.core.model import GPT
 from tests.conftest import Colony, make_colony
 
 

@@ -8,10 +8,10 @@ import warnings
 
 import pytest
 
-from apoptosis.errors import ApoptosisError
-from apoptosis.registry import STRATEGIES, PluginWarning, Registry
-from apoptosis.strategy import Strategy, build_strategy
-from apoptosis.trainer import Trainer
+from apoptosis.core.errors import ApoptosisError
+from apoptosis.core.registry import STRATEGIES, PluginWarning, Registry
+from apoptosis.core.strategy import Strategy, build_strategy
+from apoptosis.training import Trainer
 from tests.conftest import tiny_run_config
 
 PLUGIN_MODULE = '''
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from apoptosis.params import StrategyParams, param
-from apoptosis.strategy import Strategy
+from apoptosis.core.params import StrategyParams, param
+from apoptosis.core.strategy import Strategy
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-from apoptosis.errors import ApoptosisError
-from apoptosis.report import ages_table, load_lineage, runs_frame, sparkline, strategies_table
-from apoptosis.trainer import Trainer
+from apoptosis.analysis.report import ages_table, load_lineage, runs_frame, sparkline, strategies_table
+from apoptosis.core.errors import ApoptosisError
+from apoptosis.training import Trainer
 from tests.conftest import tiny_run_config
 
 

@@ -12,8 +12,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from rich.console import Console
 
-from apoptosis.config import RunConfig
-from apoptosis.errors import ApoptosisError
+from apoptosis.core.config import RunConfig
+from apoptosis.core.errors import ApoptosisError
 from apoptosis.search.compare import compare_searches
 from apoptosis.search.objective import SyntheticObjective
 from apoptosis.search.optuna_search import run_optuna

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from apoptosis.strategy import TrainingContext, build_strategy
+from apoptosis.core.strategy import TrainingContext, build_strategy
 from tests.conftest import Colony, make_colony
 
 

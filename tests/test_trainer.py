@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-from apoptosis.errors import ApoptosisError, TrainingDiverged
-from apoptosis.registry import STRATEGIES
-from apoptosis.strategy import Strategy
-from apoptosis.trainer import Trainer, load_model, lr_at, read_events
+from apoptosis.core.errors import ApoptosisError, TrainingDiverged
+from apoptosis.core.registry import STRATEGIES
+from apoptosis.core.strategy import Strategy
+from apoptosis.training import Trainer, load_model, lr_at, read_events
 from tests.conftest import tiny_run_config
 
 

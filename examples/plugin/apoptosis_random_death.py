@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from apoptosis.params import StrategyParams, param
-from apoptosis.population import OUTGOING_MODES, NeuronPopulation
-from apoptosis.strategy import Strategy, TrainingContext
+from apoptosis.core.params import StrategyParams, param
+from apoptosis.core.population import OUTGOING_MODES, NeuronPopulation
+from apoptosis.core.strategy import Strategy, TrainingContext
 
 
 @dataclass

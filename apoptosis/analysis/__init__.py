@@ -1,0 +1,2 @@
+"""Reading runs: comparisons with their intervals, summaries and tables, plots, the throughput
+bench and the fitness check."""

@@ -1,0 +1,118 @@
+"""``apoptosis bench``: what a strategy costs in throughput, measured side by side.
+
+Runs of ``none`` and the strategy alternate (none, strategy, none, strategy, ...) under one
+config, so drift of a noisy machine hits both; the ratio of median tokens/s is the result.
+Training time includes the fitness hooks and every event. The model's FLOP/s is also set
+against the float32 matmul FLOP/s this machine reaches, to show how far from the hardware the
+small model runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from apoptosis.core.config import RunConfig, StrategyConfig
+from apoptosis.core.model import GPT
+from apoptosis.training import Trainer
+
+BENCH_EVENT_DEFAULTS = {"interval": 100, "maturity": 50}  # so a short bench still has events
+
+
+def matmul_flops_per_s(n: int = 1024, seconds: float = 1.0, device: str = "cpu") -> float:
+    """float32 FLOP/s of an n x n matmul, repeated for about ``seconds``."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    torch.mm(a, b)  # warm-up
+    iterations, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        iterations += 1
+        if device != "cpu":
+            torch.cuda.synchronize()
+    return 2 * n**3 * iterations / (time.perf_counter() - start)
+
+
+def model_flops_per_token(model: GPT) -> float:
+    """Training FLOPs per token: 6 per weight (forward + backward) plus attention (PaLM's count)."""
+    c = model.config
+    n = model.num_params() - model.wpe.weight.numel()
+    return 6 * n + 12 * c.n_layer * c.d_model * c.block_size
+
+
+def _bench_config(config: RunConfig, strategy: str) -> RunConfig:
+    from apoptosis.core.strategy import build_strategy
+
+    config = copy.deepcopy(config)
+    params = dict(config.strategy.params) if config.strategy.name == strategy else {}
+    known = {row["name"] for row in build_strategy(strategy).Params.describe()}
+    for key, value in BENCH_EVENT_DEFAULTS.items():
+        if key in known:
+            params.setdefault(key, value)
+    config.strategy = StrategyConfig(name=strategy, params=params)
+    config.trainer.eval_interval = config.trainer.steps  # evaluation is not what is measured
+    config.trainer.checkpoint_interval = config.trainer.steps
+    return config
+
+
+def run_bench(config: RunConfig, strategy: str, repeats: int, console: Console) -> dict[str, Any]:
+    configs = {"none": _bench_config(config, "none"), strategy: _bench_config(config, strategy)}
+    tokens_per_s: dict[str, list[float]] = {name: [] for name in configs}
+    events: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp, Progress(console=console, transient=True) as progress:
+        task = progress.add_task("bench", total=repeats * len(configs))
+        for r in range(repeats):
+            for name, cfg in configs.items():
+                trainer = Trainer(copy.deepcopy(cfg), Path(tmp) / f"{name}-{r}", show_progress=False)
+                trainer.fit()
+                tokens_per_s[name].append(trainer.totals.tokens / trainer.totals.train_time_s)
+                events[name] = trainer.totals.events
+                progress.advance(task)
+        flops_per_token = model_flops_per_token(trainer.model)
+    hardware = matmul_flops_per_s(device=config.trainer.device)
+    medians = {name: statistics.median(v) for name, v in tokens_per_s.items()}
+    return {
+        "strategy": strategy,
+        "strategy_params": configs[strategy].strategy.params,
+        "steps": config.trainer.steps,
+        "repeats": repeats,
+        "tokens_per_s": tokens_per_s,
+        "median_tokens_per_s": medians,
+        "events": events,
+        "throughput_ratio": medians[strategy] / medians["none"],
+        "model_flops_per_token": flops_per_token,
+        "model_flops_per_s": flops_per_token * medians["none"],
+        "matmul_flops_per_s": hardware,
+        "hardware_share": flops_per_token * medians["none"] / hardware,
+    }
+
+
+def print_bench(result: dict[str, Any], console: Console) -> None:
+    s = result["strategy"]
+    table = Table(title=f"bench: {result['steps']} steps x {result['repeats']} alternating runs", title_justify="left")
+    table.add_column("strategy")
+    table.add_column("tokens/s (median)", justify="right")
+    table.add_column("runs", justify="right")
+    table.add_column("events per run", justify="right")
+    for name in ("none", s):
+        runs = ", ".join(f"{v:,.0f}" for v in result["tokens_per_s"][name])
+        table.add_row(name, f"{result['median_tokens_per_s'][name]:,.0f}", runs, f"{result['events'][name]}")
+    console.print(table)
+    ratio = result["throughput_ratio"]
+    verdict = "[green]within[/]" if ratio >= 0.95 else "[red]outside[/]"
+    console.print(f"{s} params: {result['strategy_params']}")
+    console.print(f"throughput ratio {s}/none: {ratio:.3f} ({verdict} the 5% budget: >= 0.950)")
+    console.print(
+        f"model: {result['model_flops_per_token'] / 1e6:.2f} MFLOP/token -> {result['model_flops_per_s'] / 1e9:.2f} "
+        f"GFLOP/s; float32 matmul on this machine: {result['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; "
+        f"share: {result['hardware_share']:.1%}"
+    )

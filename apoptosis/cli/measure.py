@@ -1,0 +1,51 @@
+"""``apoptosis bench`` (throughput) and ``apoptosis fitness-check`` (does fitness predict the cost of removal?)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from apoptosis.cli.app import SetOption, app, build_config, console
+from apoptosis.core.errors import ApoptosisError
+
+
+@app.command()
+def bench(
+    steps: Annotated[int, typer.Option(help="training steps per measured run")] = 300,
+    repeats: Annotated[int, typer.Option(help="alternating runs per strategy")] = 3,
+    strategy: Annotated[str, typer.Option(help="strategy measured against none")] = "standard",
+    set_: SetOption = None,
+) -> None:
+    """Throughput of `none` against a strategy (same config, alternating runs) and the model's
+    FLOP/s as a share of this machine's float32 matmul FLOP/s. Unless set, the strategy's
+    interval is 100 and maturity 50, so a short bench includes events."""
+    from apoptosis.analysis.bench import print_bench, run_bench
+
+    if repeats < 1:
+        raise ApoptosisError(f"--repeats must be >= 1, got {repeats}")
+    config = build_config(None, strategy, None, steps, None, None, None, set_)
+    result = run_bench(config, strategy=strategy, repeats=repeats, console=console)
+    print_bench(result, console)
+
+
+@app.command("fitness-check")
+def fitness_check(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs/NAME")],
+    batches: Annotated[int, typer.Option(help="validation batches the true removal cost is measured on")] = 16,
+    batch_size: Annotated[int, typer.Option(help="windows per batch")] = 32,
+    score_batches: Annotated[int, typer.Option(help="training batches each metric's score is averaged over")] = 32,
+    seed: Annotated[int, typer.Option(help="seed of the batches (and of random metrics)")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    json_path: Annotated[Path | None, typer.Option("--json", help="also write the comparison to this file")] = None,
+) -> None:
+    """How well each fitness metric ranks neurons by the true cost of removing them (the val loss
+    with the neuron alone masked, minus without), on a run's last checkpoint. Writes
+    fitness_check.csv and fitness_check_neurons.csv into the run folder."""
+    from apoptosis.analysis.fitness_check import NEURONS_CSV, SUMMARY_CSV, run_fitness_check
+
+    result = run_fitness_check(run_dir, batches=batches, batch_size=batch_size, score_batches=score_batches, seed=seed,
+                               device=device, json_path=json_path, console=console)  # fmt: skip
+    console.print(result.table())
+    console.print(f"Wrote {run_dir / SUMMARY_CSV} and {NEURONS_CSV}")

@@ -1,0 +1,91 @@
+"""Commands that read runs and the registry: ``strategies``, ``ages``, ``summarize``, ``events``."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from apoptosis.cli.app import app, console
+from apoptosis.core.errors import ApoptosisError
+
+
+@app.command()
+def strategies(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    pattern: Annotated[str, typer.Argument(help="shell-style wildcard on names")] = "*",
+) -> None:
+    """List the registered strategies with their parameters, defaults and ranges."""
+    from apoptosis.core.registry import STRATEGIES
+    from apoptosis.core.strategy import Strategy
+
+    listing = []
+    for strategy_name in STRATEGIES.names(pattern):
+        cls = STRATEGIES.get(strategy_name)
+        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+            warnings.warn(f"strategy plugin {strategy_name!r} is {cls!r}, not a Strategy: skipped", stacklevel=1)
+            continue
+        listing.append(
+            {"name": strategy_name, "description": getattr(cls, "description", ""), "parameters": cls.Params.describe()}
+        )
+    if as_json:
+        print(json.dumps(listing, indent=2))
+        return
+    table = Table(title="Strategies", title_justify="left", show_lines=True)
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    table.add_column("parameters (default; allowed; search range)")
+    for item in listing:
+        lines = [
+            f"{p['name']} = {p['default']!r}; {p['allowed']}; "
+            + (f"search {p['search'][0]}..{p['search'][1]}{' (log)' if p['log'] else ''}" if p["search"] else
+               f"search {p['choices']}" if p["choices"] else "not searched")
+            for p in item["parameters"]
+        ]  # fmt: skip
+        table.add_row(item["name"], item["description"], "\n".join(lines) or "-")
+    console.print(table)
+
+
+@app.command()
+def ages(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs/NAME")]) -> None:
+    """Neuron ages per layer, age histogram, age diversity and the largest living lineages."""
+    from apoptosis.analysis.report import print_ages
+
+    print_ages(run_dir, console)
+
+
+@app.command()
+def summarize(
+    run_dirs: Annotated[list[Path], typer.Argument(help="finished run folders, e.g. runs/exp-*")],
+    csv: Annotated[Path | None, typer.Option(help="also write one row per run to this CSV file")] = None,
+) -> None:
+    """Mean and spread over runs (seeds) of each strategy's results."""
+    from apoptosis.analysis.report import runs_frame, strategies_table
+    from apoptosis.core.io import atomic_write_text
+
+    frame = runs_frame(run_dirs)
+    console.print(strategies_table(frame))
+    if csv is not None:
+        atomic_write_text(csv, frame.to_csv(index=False))
+
+
+@app.command()
+def events(
+    run_dirs: Annotated[list[Path], typer.Argument(help="finished run folders, e.g. runs/cmp/*-s*")],
+    csv: Annotated[Path | None, typer.Option(help="also write one row per run and event to this CSV file")] = None,
+) -> None:
+    """The disruption of every event (probe loss before and after the surgery, and after a
+    follower), per comparison and strategy, averaged over runs."""
+    from apoptosis.analysis.report import events_frame, events_table
+    from apoptosis.core.io import atomic_write_text
+
+    frame = events_frame(run_dirs)
+    if frame.empty:
+        raise ApoptosisError("none of these runs had an event")
+    console.print(events_table(frame))
+    if csv is not None:
+        atomic_write_text(csv, frame.to_csv(index=False))

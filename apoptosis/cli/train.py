@@ -1,0 +1,77 @@
+"""``apoptosis train`` and ``apoptosis sample``: make a run, read text out of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from apoptosis.cli.app import SetOption, app, build_config, console, default_name
+from apoptosis.core.config import RunConfig
+from apoptosis.core.errors import ApoptosisError
+
+
+@app.command()
+def train(
+    strategy: Annotated[str | None, typer.Option(help="strategy name (see `apoptosis strategies`)")] = None,
+    then: Annotated[
+        str | None, typer.Option(help="a follower run after each event, e.g. lazarus (its settings: --set then.X=v)")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="training steps")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed")] = None,
+    name: Annotated[str | None, typer.Option(help="run name (default: time and strategy)")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="folder holding run folders")] = Path("runs"),
+    data: Annotated[str | None, typer.Option(help="UTF-8 text file (default: Shakespeare's plays)")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config file, e.g. a run's config.toml")] = None,
+    set_: SetOption = None,
+    resume: Annotated[bool, typer.Option(help="continue the run --name from its last checkpoint")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar or summary tables")] = False,
+) -> None:
+    """Train the char-level transformer with an apoptosis strategy; write runs/NAME/."""
+    from apoptosis.analysis.report import print_ages, summary_table
+    from apoptosis.training import Trainer
+
+    if resume:
+        if name is None:
+            raise ApoptosisError("--resume needs --name RUN (the run folder to continue)")
+        changed = [opt for opt, v in (("--strategy", strategy), ("--then", then), ("--steps", steps), ("--seed", seed),
+                   ("--data", data), ("--device", device), ("--config", config), ("--set", set_)) if v]  # fmt: skip
+        if changed:
+            raise ApoptosisError(f"--resume continues a run with its saved config; drop {', '.join(changed)}")
+        run_config = RunConfig()
+    else:
+        run_config = build_config(config, strategy, then, steps, seed, data, device, set_)
+        name = name or default_name(run_config.strategy_label)
+    run_dir = runs_dir / name
+    trainer = Trainer(run_config, run_dir, resume=resume, console=console, show_progress=not quiet)
+    summary = trainer.fit()
+    if not quiet:
+        console.print(summary_table(summary, f"Run {name}"))
+        print_ages(run_dir, console)
+        console.print(f"Run folder: {run_dir}  (sample text: apoptosis sample {run_dir})")
+
+
+@app.command()
+def sample(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs/NAME")],
+    chars: Annotated[int, typer.Option(help="characters to generate")] = 500,
+    prompt: Annotated[str, typer.Option(help="text to start from")] = "\n",
+    temperature: Annotated[float, typer.Option(help="softmax temperature")] = 0.8,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+) -> None:
+    """Generate text from a run's last checkpoint."""
+    import torch
+
+    from apoptosis.training import load_model
+
+    if chars < 1:
+        raise ApoptosisError(f"--chars must be >= 1, got {chars}")
+    if temperature <= 0:
+        raise ApoptosisError(f"--temperature must be > 0, got {temperature}")
+    model, vocab, _ = load_model(run_dir, device)
+    context = vocab.encode(prompt)[None, :].to(device)
+    out = model.generate(context, chars, temperature=temperature, generator=torch.Generator().manual_seed(seed))
+    print(vocab.decode(out[0].tolist()))

