@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -196,59 +197,65 @@ def paired_interval(a: pd.Series, b: pd.Series, level: float = 0.95) -> tuple[fl
     return diff, float(ci.low), float(ci.high)
 
 
-def comparison_tables(frame: pd.DataFrame, title: str) -> list[Table]:
-    """Two tables that fit a terminal: final validation loss against the baseline, then the
-    mechanics (variance of the training loss, events, disruption, ages, speed)."""
-    followed = frame["strategy"].str.contains("+", regex=False).any()  # a follower ran after events
-    label_width = max(12, *(len(str(s)) for s in frame["strategy"]))
-    losses = Table(
-        title=f"{title}: final validation loss\n(Δ: mean difference to {BASELINE}; paired: its 95% interval over "
-        "the same seeds; Welch: unpaired; ≈: the paired interval contains 0)",
-        title_justify="left",
-    )
-    for i, header in enumerate(["strategy", "seeds", "mean ± std", "Δ", "paired 95% CI", "Welch 95% CI", ""]):
-        losses.add_column(
-            header,
-            justify="left" if i in (0, 6) else "right",
-            no_wrap=i > 0,
-            overflow="fold",
-            min_width=label_width if i == 0 else None,
-        )
-    mechanics = Table(
-        title=f"{title}: mechanics (means over seeds)\n(var: train-loss variance around its trend over the "
-        "last 20% of steps; died: neurons replaced; disr: probe-loss change per event"
-        + ("; surg: the same before the follower ran)" if followed else ")"),
-        title_justify="left",
-        pad_edge=False,
-    )
-    surgery = ["surg"] if followed else []
-    headers = ["strategy", "var", "events", "died", "disr", *surgery, "|disr|", "age div", "tok/s"]
-    for i, header in enumerate(headers):
-        mechanics.add_column(
-            header,
-            justify="left" if i == 0 else "right",
-            no_wrap=i > 0,
-            overflow="fold",
-            min_width=label_width if i == 0 else None,
-        )
+def strategy_stats(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per strategy: seeds, mean and sd of the final validation loss, the mean difference
+    to ``none`` with its paired 95% interval over common seeds and its Welch interval, and the
+    verdict (better / worse when the paired interval excludes 0, ≈ otherwise)."""
     baseline = frame[frame.strategy == BASELINE].set_index("seed")["final_val_loss"]
+    rows = []
     for strategy, group in frame.groupby("strategy", sort=False):
         val = group.set_index("seed")["final_val_loss"]
-        delta, paired, welch, verdict = "-", "-", "-", ""
+        row = {"strategy": strategy, "seeds": len(val), "mean": val.mean(), "sd": val.std(ddof=1)}
         if strategy != BASELINE and len(baseline):
-            diff, low, high = welch_interval(val.to_numpy(), baseline.to_numpy())
-            delta = f"{diff:+.4f}"
-            welch = _interval(low, high)
-            _, low, high = paired_interval(val, baseline)
-            paired = _interval(low, high)
-            if not np.isnan(low):
-                verdict = "[green]better" if high < 0 else "[red]worse" if low > 0 else "≈"
-        spread = f" ± {val.std(ddof=1):.4f}" if len(val) > 1 else ""
-        losses.add_row(str(strategy), f"{len(group)}", f"{val.mean():.4f}{spread}", delta, paired, welch, verdict)
+            row["diff"], row["welch_low"], row["welch_high"] = welch_interval(val.to_numpy(), baseline.to_numpy())
+            _, row["paired_low"], row["paired_high"] = paired_interval(val, baseline)
+            low, high = row["paired_low"], row["paired_high"]
+            row["verdict"] = "" if np.isnan(low) else "better" if high < 0 else "worse" if low > 0 else "≈"
+        rows.append(row)
+    columns = ["strategy", "seeds", "mean", "sd", "diff", "paired_low", "paired_high", "welch_low", "welch_high"]
+    return pd.DataFrame(rows, columns=[*columns, "verdict"])
+
+
+def comparison_tables(frame: pd.DataFrame, title: str) -> list[Table]:
+    """Two tables within 80 columns: final validation loss against the baseline, then the
+    mechanics (variance of the training loss, events, disruption, ages, speed)."""
+    followed = frame["strategy"].str.contains("+", regex=False).any()  # a follower ran after events
+    stats_frame = strategy_stats(frame)
+    losses = Table(
+        title=f"{title}: final validation loss\n(Δ: mean difference to {BASELINE}, with its 95% interval paired "
+        "by seed; ≈: the interval contains 0; Welch intervals: compare_stats.csv)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for i, header in enumerate(["strategy", "val loss ± sd", "Δ", "paired 95% CI", ""]):
+        losses.add_column(header, justify="left" if i in (0, 4) else "right", no_wrap=True)
+    colours = {"better": "[green]better", "worse": "[red]worse"}
+    for row in stats_frame.itertuples():
+        spread = f" ± {row.sd:.4f}" if row.seeds > 1 else ""
+        delta = "-" if pd.isna(row.diff) else f"{row.diff:+.4f}"
+        paired = "-" if pd.isna(row.paired_low) else _interval(row.paired_low, row.paired_high)
+        verdict = "" if pd.isna(row.verdict) else colours.get(row.verdict, row.verdict)
+        losses.add_row(str(row.strategy), f"{row.mean:.4f}{spread}", delta, paired, verdict)
+    mechanics = Table(
+        title=f"{title}: mechanics (means over seeds)\n(var: train-loss variance around its trend over the "
+        "last 20% of steps, x 1e4; died: neurons replaced; disr: probe-loss change per event"
+        + ("; surg: the same before the follower ran" if followed else "")
+        + "; ages: age diversity)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    surgery = ["surg"] if followed else []
+    for i, header in enumerate(["strategy", "var", "events", "died", "disr", *surgery, "|disr|", "ages", "tok/s"]):
+        mechanics.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
+    for strategy, group in frame.groupby("strategy", sort=False):
         disruption = group["mean_event_disruption"].dropna()
         mechanics.add_row(
             str(strategy),
-            _mean_or_dash(group, "train_loss_detrended_variance", ".6f"),
+            _mean_or_dash(group, "train_loss_detrended_variance", ".2f", scale=1e4),
             f"{group['events'].mean():.0f}",
             f"{group['neurons_replaced'].mean():.0f}",
             f"{disruption.mean():+.4f}" if len(disruption) else "-",
@@ -264,9 +271,9 @@ def _interval(low: float, high: float) -> str:
     return "-" if np.isnan(low) else f"[{low:+.4f}, {high:+.4f}]"
 
 
-def _mean_or_dash(group: pd.DataFrame, column: str, fmt: str) -> str:
+def _mean_or_dash(group: pd.DataFrame, column: str, fmt: str, scale: float = 1.0) -> str:
     values = group[column].dropna() if column in group else pd.Series(dtype=float)
-    return format(values.mean(), fmt) if len(values) else "-"
+    return format(values.mean() * scale, fmt) if len(values) else "-"
 
 
 def plot_comparison(frame: pd.DataFrame, out_dir: Path) -> None:
@@ -316,5 +323,6 @@ def compare(
     order = {name: i for i, name in enumerate(strategies)}
     frame = frame.sort_values(["strategy", "seed"], key=lambda c: c.map(order) if c.name == "strategy" else c)
     atomic_write_text(out_dir / "compare.csv", frame.to_csv(index=False))
+    atomic_write_text(out_dir / "compare_stats.csv", strategy_stats(frame).to_csv(index=False))
     plot_comparison(frame, out_dir)
     return frame
