@@ -15,7 +15,7 @@ def plot_study(study: optuna.Study, frame: pd.DataFrame, out_dir: Path) -> list[
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from apoptosis.analysis.plots import save_figure  # first: it selects the file-only backend
+    from apoptosis.training.run_plots import save_figure  # first: it selects the file-only backend
 
     complete = frame[frame["state"] == "COMPLETE"].sort_values("number")
     if complete.empty:

@@ -282,7 +282,7 @@ def plot_comparison(frame: pd.DataFrame, out_dir: Path) -> None:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from apoptosis.analysis.plots import save_figure
+    from apoptosis.training.run_plots import save_figure
     from apoptosis.training import read_events, read_metrics
 
     curves, ages, event_steps = [], [], set()

@@ -204,7 +204,7 @@ def plot_continual(runs: list[PlannedRun], per_phase: pd.DataFrame, out_dir: Pat
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from apoptosis.analysis.plots import save_figure
+    from apoptosis.training.run_plots import save_figure
     from apoptosis.training import read_metrics
 
     curves = []

@@ -30,7 +30,7 @@ from apoptosis.lazarus.damage import DamageSpec, damage_model
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.io import atomic_write_json, atomic_write_text
 from apoptosis.core.model import GPT
-from apoptosis.analysis.plots import save_figure
+from apoptosis.training.run_plots import save_figure
 from apoptosis.lazarus.recovery import (
     ANCHORS,
     MODES,

@@ -50,7 +50,7 @@ def plot_ages(lineage: pd.DataFrame, step: int, title: str) -> plt.Figure:
 
 
 def plot_run(run_dir: str | Path) -> None:
-    from apoptosis.training import read_events, read_metrics
+    from apoptosis.training.run_folder import read_events, read_metrics
 
     run_dir = Path(run_dir)
     metrics = read_metrics(run_dir)

@@ -1,0 +1,52 @@
+"""Continual training's schedule: which corpus each step trains on, where phases end and when every
+corpus is evaluated. A run on one corpus is one phase that never ends."""
+
+from __future__ import annotations
+
+from apoptosis.core.config import RunConfig
+from apoptosis.core.data import CharDataset, CharVocab, load_corpus
+
+
+class PhaseSchedule:
+    def __init__(self, config: RunConfig, phase_corpora: list[str]) -> None:
+        self.continual = config.continual
+        self.phase_corpora = phase_corpora
+
+    @property
+    def phased(self) -> bool:
+        return bool(self.continual.phases)
+
+    def phase_of(self, step: int) -> int:
+        """The phase (0-based) that training step ``step`` (1-based) belongs to."""
+        if not self.phased:
+            return 0
+        return min((step - 1) // self.continual.steps_per_phase, len(self.phase_corpora) - 1)
+
+    def corpus_at(self, step: int) -> str:
+        """The corpus of training step ``step`` (of step 1 before any)."""
+        return self.phase_corpora[self.phase_of(max(step, 1))]
+
+    def ends_at(self, step: int) -> bool:
+        return self.phased and step % self.continual.steps_per_phase == 0
+
+    def evaluates_all_at(self, step: int) -> bool:
+        """Every corpus is evaluated at each phase end and ``plasticity_steps`` into each phase."""
+        c = self.continual
+        return self.phased and (step % c.steps_per_phase in (0, c.plasticity_steps % c.steps_per_phase))
+
+
+def load_corpora(config: RunConfig, vocab_chars: list[str] | None) -> tuple[dict[str, CharDataset], list[str]]:
+    """The datasets by corpus name, and the corpus of each phase. One corpus (``data.path``,
+    named ``main``) unless ``continual.phases`` is set; then one vocabulary over all corpora,
+    fixed first. ``vocab_chars`` (from a checkpoint) fixes the vocabulary on resume."""
+    block, val_fraction = config.model.block_size, config.data.val_fraction
+    vocab = CharVocab(vocab_chars) if vocab_chars else None
+    if not config.continual.phases:
+        return {"main": CharDataset.from_text(load_corpus(config.data.path), block, val_fraction, vocab)}, ["main"]
+    from apoptosis.core.corpora import corpus_text, distinct_corpora, parse_phases, union_vocab
+
+    specs = parse_phases(",".join(config.continual.phases))
+    texts = {spec.name: corpus_text(spec) for spec in distinct_corpora(specs)}
+    vocab = vocab or union_vocab(texts.values())
+    corpora = {name: CharDataset.from_text(text, block, val_fraction, vocab) for name, text in texts.items()}
+    return corpora, [spec.name for spec in specs]
