@@ -20,22 +20,20 @@ from dataclasses import dataclass
 
 import torch
 
-from apoptosis.core.params import StrategyParams, param
+from apoptosis.core.params import param
 from apoptosis.core.population import NeuronPopulation
 from apoptosis.core.registry import register_strategy
-from apoptosis.strategies.selection import select_deaths
 from apoptosis.core.strategy import Strategy, TrainingContext
+from apoptosis.strategies.selection import MaturityParams, PeriodicParams, select_deaths
 
 CROSSOVER_MODES = ("uniform", "fitness_weighted", "blend")
 
 
 @dataclass
-class CrossoverParams(StrategyParams):
+class CrossoverParams(MaturityParams, PeriodicParams):
     prune_rate: float = param(
         0.10, low=0.0, high=0.5, search=(0.01, 0.3), help="share of each layer replaced per event"
     )
-    interval: int = param(500, low=1, high=1_000_000, search=(50, 2000), log=True, help="steps between events")
-    maturity: int = param(250, low=0, high=1_000_000, search=(0, 1000), help="steps a neuron lives before it can die")
     mutation_strength: float = param(
         0.1, low=0.0, high=10.0, search=(0.0, 1.0), help="noise after crossover, in units of the child's weight RMS"
     )

@@ -36,8 +36,8 @@ import torch
 from apoptosis.core.params import StrategyParams, param
 from apoptosis.core.population import NeuronPopulation
 from apoptosis.core.registry import register_strategy
-from apoptosis.strategies.selection import ReplacementParams, select_deaths, select_parents
 from apoptosis.core.strategy import Strategy, TrainingContext
+from apoptosis.strategies.selection import ReplacementParams, select_deaths, select_parents
 
 
 @dataclass

@@ -14,17 +14,16 @@ from dataclasses import dataclass
 
 import torch
 
-from apoptosis.core.params import StrategyParams, param
+from apoptosis.core.params import param
 from apoptosis.core.population import NeuronPopulation
 from apoptosis.core.registry import register_strategy
-from apoptosis.strategies.selection import select_parents
 from apoptosis.core.strategy import Strategy, TrainingContext
+from apoptosis.strategies.selection import BreedingParams, PeriodicParams, select_parents
 
 
 @dataclass
-class GrowthOnlyParams(StrategyParams):
+class GrowthOnlyParams(BreedingParams, PeriodicParams):
     growth_rate: float = param(0.05, low=0.0, high=1.0, search=(0.01, 0.2), help="share of the width added per event")
-    interval: int = param(500, low=1, high=1_000_000, search=(50, 2000), log=True, help="steps between events")
     max_width: int = param(1024, low=1, high=1_000_000, search=(256, 2048), log=True, help="no layer grows past this")
     mutation_strength: float = param(
         0.01,
@@ -32,9 +31,6 @@ class GrowthOnlyParams(StrategyParams):
         high=10.0,
         search=(0.0, 0.1),
         help="child noise, in units of the parent's weight RMS: breaks the split's symmetry (0 = exact copies)",
-    )
-    parent_pool: float = param(
-        0.2, low=0.01, high=1.0, search=(0.05, 0.5), help="share of the fittest living neurons that may split"
     )
 
 

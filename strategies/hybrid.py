@@ -6,25 +6,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apoptosis.core.params import StrategyParams, param
+from apoptosis.core.params import param
 from apoptosis.core.population import NeuronPopulation
 from apoptosis.core.registry import register_strategy
-from apoptosis.strategies.selection import select_deaths, select_parents
 from apoptosis.core.strategy import Strategy, TrainingContext
+from apoptosis.strategies.selection import BreedingParams, MaturityParams, PeriodicParams, select_deaths, select_parents
 
 
 @dataclass
-class HybridParams(StrategyParams):
+class HybridParams(BreedingParams, MaturityParams, PeriodicParams):
     turnover_rate: float = param(
         0.05, low=0.0, high=0.5, search=(0.01, 0.2), help="share of each layer born and removed per event"
-    )
-    interval: int = param(500, low=1, high=1_000_000, search=(50, 2000), log=True, help="steps between events")
-    mutation_strength: float = param(
-        0.3, low=0.0, high=10.0, search=(0.0, 1.0), help="child noise, in units of the parent's weight RMS"
-    )
-    maturity: int = param(250, low=0, high=1_000_000, search=(0, 1000), help="steps a neuron lives before it can die")
-    parent_pool: float = param(
-        0.2, low=0.01, high=1.0, search=(0.05, 0.5), help="share of the fittest living neurons that may breed"
     )
 
 

@@ -26,12 +26,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+from scipy import stats
 
 from apoptosis.core.params import param
 from apoptosis.core.population import NeuronPopulation
 from apoptosis.core.registry import register_strategy
-from apoptosis.strategies.selection import ReplacementParams, select_deaths
 from apoptosis.core.strategy import Strategy, TrainingContext
+from apoptosis.strategies.selection import ReplacementParams, select_deaths
 
 
 @dataclass
@@ -68,9 +69,8 @@ def rank_score(values: torch.Tensor) -> torch.Tensor:
     n = len(values)
     if n == 1:
         return torch.ones(1)
-    below = (values[None, :] < values[:, None]).sum(dim=1).float()
-    equal = (values[None, :] == values[:, None]).sum(dim=1).float()
-    return (below + (equal - 1) / 2) / (n - 1)
+    ranks = stats.rankdata(values.numpy(), method="average")  # 1..n
+    return torch.as_tensor((ranks - 1) / (n - 1), dtype=torch.float32)
 
 
 def choose_deaths(pop: NeuronPopulation, step: int, p: OrthogonalParams, cos: torch.Tensor) -> torch.Tensor:

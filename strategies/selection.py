@@ -12,20 +12,38 @@ from apoptosis.core.population import NeuronPopulation
 
 
 @dataclass
-class ReplacementParams(StrategyParams):
-    """The parameters of every strategy that replaces the least fit mature neurons with children
-    of the fittest at regular intervals; a strategy's own Params extend these."""
+class PeriodicParams(StrategyParams):
+    """Strategies whose events come every ``interval`` steps."""
 
-    prune_rate: float = param(
-        0.10, low=0.0, high=0.5, search=(0.01, 0.3), help="share of each layer replaced per event"
-    )
     interval: int = param(500, low=1, high=1_000_000, search=(50, 2000), log=True, help="steps between events")
+
+
+@dataclass
+class MaturityParams(StrategyParams):
+    """Strategies that let only neurons older than ``maturity`` die."""
+
+    maturity: int = param(250, low=0, high=1_000_000, search=(0, 1000), help="steps a neuron lives before it can die")
+
+
+@dataclass
+class BreedingParams(StrategyParams):
+    """Strategies whose children copy a parent drawn from the fittest, with mutation."""
+
     mutation_strength: float = param(
         0.3, low=0.0, high=10.0, search=(0.0, 1.0), help="child noise, in units of the parent's weight RMS"
     )
-    maturity: int = param(250, low=0, high=1_000_000, search=(0, 1000), help="steps a neuron lives before it can die")
     parent_pool: float = param(
         0.2, low=0.01, high=1.0, search=(0.05, 0.5), help="share of the fittest living neurons that may breed"
+    )
+
+
+@dataclass
+class ReplacementParams(BreedingParams, MaturityParams, PeriodicParams):
+    """Every strategy that replaces the ``prune_rate`` least fit mature neurons with children of
+    the fittest at regular intervals; a strategy's own Params extend these."""
+
+    prune_rate: float = param(
+        0.10, low=0.0, high=0.5, search=(0.01, 0.3), help="share of each layer replaced per event"
     )
 
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from apoptosis.core.params import param
 from apoptosis.core.population import OUTGOING_MODES, NeuronPopulation
 from apoptosis.core.registry import register_strategy
-from apoptosis.strategies.selection import ReplacementParams, select_deaths, select_parents
 from apoptosis.core.strategy import Strategy, TrainingContext
+from apoptosis.strategies.selection import ReplacementParams, select_deaths, select_parents
 
 
 @dataclass

@@ -282,8 +282,8 @@ def plot_comparison(frame: pd.DataFrame, out_dir: Path) -> None:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from apoptosis.training.run_plots import save_figure
     from apoptosis.training import read_events, read_metrics
+    from apoptosis.training.run_plots import save_figure
 
     curves, ages, event_steps = [], [], set()
     for row in frame.itertuples():

@@ -27,7 +27,8 @@ def compare(
     workers: Annotated[int, typer.Option(help="runs in parallel processes")] = 1,
 ) -> None:
     """Every strategy under one config and the same seeds: compare.csv, a table against `none`
-    with paired and Welch 95% intervals, and plots; run it again to continue a stopped one. `--set strategy.X=v` goes to the strategies that have X."""
+    with paired and Welch 95% intervals, and plots; the same command again continues a stopped
+    comparison. `--set strategy.X=v` goes to the strategies that have X."""
     from apoptosis.analysis.compare import compare as run_comparison
     from apoptosis.analysis.compare import comparison_tables
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,8 @@ from rich.table import Table
 from scipy import stats
 
 from apoptosis.analysis.compare import PlannedRun, check_counts, check_same_plan, plan_runs, run_all
-from apoptosis.core.config import RunConfig, StrategyConfig, no_follower
 from apoptosis.continual.measures import continual_measures
+from apoptosis.core.config import RunConfig, StrategyConfig, no_follower
 from apoptosis.core.corpora import BUILTIN_CORPORA, PhaseSpec, distinct_corpora, parse_phases
 from apoptosis.core.io import atomic_write_json, atomic_write_text
 
@@ -142,8 +141,10 @@ def _mean_interval(values: pd.Series, fmt: str) -> str:
     mean = values.mean()
     if len(values) < 2:
         return format(mean, fmt)
-    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return f"{format(mean, fmt)} ± {format(half, fmt.lstrip('+'))}"
+    if values.std() == 0:
+        return f"{format(mean, fmt)} ± {format(0.0, fmt.lstrip('+'))}"
+    low, _ = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=stats.sem(values))
+    return f"{format(mean, fmt)} ± {format(mean - low, fmt.lstrip('+'))}"
 
 
 def continual_tables(table: pd.DataFrame, corpora: list[str], title: str) -> list[Table]:
@@ -204,8 +205,8 @@ def plot_continual(runs: list[PlannedRun], per_phase: pd.DataFrame, out_dir: Pat
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from apoptosis.training.run_plots import save_figure
     from apoptosis.training import read_metrics
+    from apoptosis.training.run_plots import save_figure
 
     curves = []
     for run in runs:

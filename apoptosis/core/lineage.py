@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from apoptosis.core.io import atomic_write_text
 
@@ -107,8 +108,7 @@ class Lineage:
         if len(ages) == 0 or step <= 0:
             return 0.0
         counts, _ = np.histogram(ages, bins=bins, range=(0, step))
-        p = counts[counts > 0] / counts.sum()
-        return max(0.0, float(-(p * np.log(p)).sum() / np.log(bins)))  # max: no -0.0
+        return max(0.0, float(stats.entropy(counts, base=bins)))  # max: no -0.0
 
     def founders_share(self, layer: int | None = None) -> float:
         """Share of the living neurons that were there at step 0."""

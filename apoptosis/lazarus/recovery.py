@@ -21,10 +21,10 @@ from scipy.optimize import minimize_scalar
 from torch.func import functional_call
 
 from apoptosis.core.config import RunConfig
-from apoptosis.lazarus.damage import Masks, apply_masks, noised_parameters, reopen_neurons
 from apoptosis.core.data import CharDataset, CharVocab, load_corpus
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.model import GPT, frozen_copy
+from apoptosis.lazarus.damage import Masks, apply_masks, noised_parameters, reopen_neurons
 
 LOSS_KINDS = ("full", "consistency", "stability", "entropy", "noise")
 MODES = ("frozen", "regrow")
@@ -101,7 +101,7 @@ def sequence_length(seq_len: int, model: GPT, owner: str) -> int:
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """Mean over positions of KL(p || q), both given as log-probabilities (..., vocab)."""
-    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1).mean()
 
 
 def lazarus_loss(

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.model import frozen_copy
 from apoptosis.core.params import StrategyParams, param
-from apoptosis.lazarus.recovery import LossWeights, recover, sequence_length
 from apoptosis.core.registry import register_strategy
 from apoptosis.core.strategy import Event, Strategy, TrainingContext
+from apoptosis.lazarus.recovery import LossWeights, recover, sequence_length
 
 
 @dataclass

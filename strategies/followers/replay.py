@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from apoptosis.core.config import ModelConfig
 from apoptosis.core.model import GPT, frozen_copy
 from apoptosis.core.params import StrategyParams, param
-from apoptosis.lazarus.recovery import recovery_inputs, sequence_length
 from apoptosis.core.registry import register_strategy
 from apoptosis.core.strategy import Phase, Strategy, TrainingContext
+from apoptosis.lazarus.recovery import recovery_inputs, sequence_length
 
 
 @dataclass
@@ -67,7 +67,7 @@ class Replay(Strategy):
         with torch.no_grad():
             log_teacher = F.log_softmax(self.snapshot(x)[0], dim=-1)
         log_model = F.log_softmax(ctx.model(x)[0], dim=-1)
-        kl = (log_teacher.exp() * (log_teacher - log_model)).sum(-1).mean()
+        kl = F.kl_div(log_model, log_teacher, reduction="none", log_target=True).sum(-1).mean()  # KL(teacher||model)
         return self.params.weight * kl
 
     def state_dict(self) -> dict[str, Any]:
