@@ -30,6 +30,7 @@ from scipy import stats
 from apoptosis.core.config import RunConfig, StrategyConfig, no_follower
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.io import atomic_write_text
+from apoptosis.training.run_folder import claimed
 
 BASELINE = "none"
 
@@ -96,8 +97,8 @@ def check_same_plan(runs: list[PlannedRun]) -> None:
         saved_path = run.run_dir / "config.toml"
         if not saved_path.exists():
             continue
-        saved = _comparable(RunConfig.from_toml_file(saved_path))
-        planned = _comparable(run.config)
+        saved = flat_settings(RunConfig.from_toml_file(saved_path))
+        planned = flat_settings(run.config)
         for key in sorted(set(saved) | set(planned)):
             if saved.get(key) != planned.get(key):
                 raise ApoptosisError(
@@ -106,7 +107,7 @@ def check_same_plan(runs: list[PlannedRun]) -> None:
                 )
 
 
-def _comparable(config: RunConfig) -> dict[str, Any]:
+def flat_settings(config: RunConfig) -> dict[str, Any]:
     """Flat ``section.key`` settings with the strategies' defaults filled in, without what a run
     sets itself (the vocabulary size)."""
     from apoptosis.core.strategy import build_strategy
@@ -128,9 +129,7 @@ def _param_names(name: str, follower: bool = False) -> set[str]:
 
 def _run_one(run: PlannedRun, threads: int | None) -> dict[str, Any]:
     """A finished run is read back; a killed one resumes from its checkpoint; one killed before
-    its first checkpoint starts again."""
-    import shutil
-
+    its first checkpoint starts again (the trainer replaces its folder)."""
     import torch
 
     from apoptosis.training import CHECKPOINT, Trainer
@@ -142,8 +141,6 @@ def _run_one(run: PlannedRun, threads: int | None) -> dict[str, Any]:
         if threads is not None:
             torch.set_num_threads(threads)
         resume = (run.run_dir / CHECKPOINT).exists()
-        if not resume and run.run_dir.exists():
-            shutil.rmtree(run.run_dir)  # same config, nothing saved yet: start it again
         summary = Trainer(run.config, run.run_dir, resume=resume, show_progress=False).fit()
     return {**summary, "strategy": run.strategy, "seed": run.seed, "run": run.run_dir.name}
 
@@ -318,11 +315,12 @@ def compare(
 ) -> pd.DataFrame:
     check_counts(seeds, workers)
     runs = plan_runs(base, strategies, list(range(1, seeds + 1)), strategy_sets, out_dir, then_sets)
-    check_same_plan(runs)
-    frame = run_all(runs, workers, console)
-    order = {name: i for i, name in enumerate(strategies)}
-    frame = frame.sort_values(["strategy", "seed"], key=lambda c: c.map(order) if c.name == "strategy" else c)
-    atomic_write_text(out_dir / "compare.csv", frame.to_csv(index=False))
-    atomic_write_text(out_dir / "compare_stats.csv", strategy_stats(frame).to_csv(index=False))
-    plot_comparison(frame, out_dir)
-    return frame
+    with claimed(out_dir):
+        check_same_plan(runs)
+        frame = run_all(runs, workers, console)
+        order = {name: i for i, name in enumerate(strategies)}
+        frame = frame.sort_values(["strategy", "seed"], key=lambda c: c.map(order) if c.name == "strategy" else c)
+        atomic_write_text(out_dir / "compare.csv", frame.to_csv(index=False))
+        atomic_write_text(out_dir / "compare_stats.csv", strategy_stats(frame).to_csv(index=False))
+        plot_comparison(frame, out_dir)
+        return frame

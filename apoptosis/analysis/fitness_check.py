@@ -56,7 +56,9 @@ def run_corpus(config: RunConfig, step: int, vocab: CharVocab) -> tuple[str, Cha
     phase's corpus), split as the trainer splits it, with the run's vocabulary."""
     block, val_fraction = config.model.block_size, config.data.val_fraction
     if not config.continual.phases:
-        return str(config.data.path), CharDataset.from_text(load_corpus(config.data.path), block, val_fraction, vocab)
+        return str(config.data.path), CharDataset.from_text(
+            load_corpus(config.data.path, config.data.keep_line_endings), block, val_fraction, vocab
+        )
     from apoptosis.core.corpora import corpus_text, parse_phases
 
     specs = parse_phases(",".join(config.continual.phases))

@@ -36,10 +36,11 @@ def train(
     if resume:
         if name is None:
             raise ApoptosisError("--resume needs --name RUN (the run folder to continue)")
-        changed = [opt for opt, v in (("--strategy", strategy), ("--then", then), ("--steps", steps), ("--seed", seed),
-                   ("--data", data), ("--device", device), ("--config", config), ("--set", set_)) if v]  # fmt: skip
-        if changed:
-            raise ApoptosisError(f"--resume continues a run with its saved config; drop {', '.join(changed)}")
+        saved = runs_dir / name / "config.toml"
+        if not saved.exists():
+            raise ApoptosisError(f"nothing to resume: {saved} does not exist")
+        if any(v is not None for v in (strategy, then, steps, seed, data, device, config, set_)):
+            refuse_changes(saved, build_config(config or saved, strategy, then, steps, seed, data, device, set_))
         run_config = RunConfig()
     else:
         run_config = build_config(config, strategy, then, steps, seed, data, device, set_)
@@ -51,6 +52,20 @@ def train(
         console.print(summary_table(summary, f"Run {name}"))
         print_ages(run_dir, console)
         console.print(f"Run folder: {run_dir}  (sample text: apoptosis sample {run_dir})")
+
+
+def refuse_changes(saved_path: Path, asked: RunConfig) -> None:
+    """``--resume`` continues a run with its saved config: options that repeat it are fine, a real
+    change is an error naming the setting, its saved value and the new one."""
+    from apoptosis.analysis.compare import flat_settings
+
+    saved, new = flat_settings(RunConfig.from_toml_file(saved_path)), flat_settings(asked)
+    for key in sorted(set(saved) | set(new)):
+        if saved.get(key) != new.get(key):
+            raise ApoptosisError(
+                f"--resume continues a run with its saved config, but {key} would change from "
+                f"{saved.get(key)!r} to {new.get(key)!r}: drop that option, or start a new run with another --name"
+            )
 
 
 @app.command()

@@ -25,6 +25,7 @@ from apoptosis.continual.measures import continual_measures
 from apoptosis.core.config import RunConfig, StrategyConfig, no_follower
 from apoptosis.core.corpora import BUILTIN_CORPORA, PhaseSpec, distinct_corpora, parse_phases
 from apoptosis.core.io import atomic_write_json, atomic_write_text
+from apoptosis.training.run_folder import claimed
 
 FRESH = "fresh"
 
@@ -109,28 +110,31 @@ def run_continual(
     write them as ``continual.csv`` and ``phases.csv`` with the plots."""
     check_counts(seeds, workers)
     runs, fresh = plan_continual(config, labels, list(range(1, seeds + 1)), strategy_sets, then_sets, out_dir)
-    check_same_plan(runs + fresh)
-    frame = run_all(runs + fresh, workers, console)
-    baselines = {
-        seed: {
-            name.removeprefix(f"{FRESH}-"): float(row[f"final_val_{name.removeprefix(f'{FRESH}-')}"])
-            for name, row in group.set_index("strategy").iterrows()
+    with claimed(out_dir):
+        check_same_plan(runs + fresh)
+        frame = run_all(runs + fresh, workers, console)
+        baselines = {
+            seed: {
+                name.removeprefix(f"{FRESH}-"): float(row[f"final_val_{name.removeprefix(f'{FRESH}-')}"])
+                for name, row in group.set_index("strategy").iterrows()
+            }
+            for seed, group in frame[frame["strategy"].str.startswith(f"{FRESH}-")].groupby("seed")
         }
-        for seed, group in frame[frame["strategy"].str.startswith(f"{FRESH}-")].groupby("seed")
-    }
-    rows, phase_rows = [], []
-    for run in runs:
-        measures = measure_run(run.run_dir, run.config, baselines[run.seed])
-        flat = {k: v for k, v in measures.items() if not isinstance(v, list | dict)}
-        rows.append({"method": run.strategy, "seed": run.seed, "run": run.run_dir.name, **flat})
-        phase_rows += [{"method": run.strategy, "seed": run.seed, **p} for p in measures["phases"]]
-    order = {label: i for i, label in enumerate(labels)}
-    table = pd.DataFrame(rows).sort_values(["method", "seed"], key=lambda c: c.map(order) if c.name == "method" else c)
-    per_phase = pd.DataFrame(phase_rows)
-    atomic_write_text(out_dir / "continual.csv", table.to_csv(index=False))
-    atomic_write_text(out_dir / "phases.csv", per_phase.to_csv(index=False))
-    plot_continual(runs, per_phase, out_dir)
-    return table, per_phase
+        rows, phase_rows = [], []
+        for run in runs:
+            measures = measure_run(run.run_dir, run.config, baselines[run.seed])
+            flat = {k: v for k, v in measures.items() if not isinstance(v, list | dict)}
+            rows.append({"method": run.strategy, "seed": run.seed, "run": run.run_dir.name, **flat})
+            phase_rows += [{"method": run.strategy, "seed": run.seed, **p} for p in measures["phases"]]
+        order = {label: i for i, label in enumerate(labels)}
+        table = pd.DataFrame(rows).sort_values(
+            ["method", "seed"], key=lambda c: c.map(order) if c.name == "method" else c
+        )
+        per_phase = pd.DataFrame(phase_rows)
+        atomic_write_text(out_dir / "continual.csv", table.to_csv(index=False))
+        atomic_write_text(out_dir / "phases.csv", per_phase.to_csv(index=False))
+        plot_continual(runs, per_phase, out_dir)
+        return table, per_phase
 
 
 def _mean_interval(values: pd.Series, fmt: str) -> str:

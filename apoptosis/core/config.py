@@ -52,6 +52,7 @@ class ModelConfig:
 class DataConfig:
     path: str = "shakespeare"  # "shakespeare" (the default corpus) or a UTF-8 text file
     val_fraction: float = 0.1
+    keep_line_endings: bool = False  # False: CRLF and CR become "\n" (a BOM is always dropped)
 
     def validate(self) -> None:
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")

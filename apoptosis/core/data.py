@@ -63,8 +63,10 @@ def shakespeare_text() -> str:
     return "\n\n".join(markdown_play_to_text(md) for _, md in sorted(plays))
 
 
-def read_text_file(path: str | Path) -> str:
-    """A UTF-8 text file, with one-line errors for the ways it can be unusable."""
+def read_text_file(path: str | Path, keep_line_endings: bool = False) -> str:
+    """A UTF-8 text file, with one-line errors for the ways it can be unusable. A leading
+    byte-order mark is dropped, and Windows (CRLF) and old Mac (CR) line endings become "\n"
+    unless ``keep_line_endings`` (otherwise "\r" would be a character of the vocabulary)."""
     path = Path(path)
     if not path.exists():
         raise ApoptosisError(f"data file not found: {path}")
@@ -74,19 +76,23 @@ def read_text_file(path: str | Path) -> str:
     if not raw:
         raise ApoptosisError(f"data file is empty: {path}")
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise ApoptosisError(
             f"data file is not valid UTF-8: {path}: byte 0x{raw[e.start]:02x} at offset {e.start} (line {line})"
         ) from None
+    text = text.removeprefix("\ufeff")
+    if not keep_line_endings:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
 
 
-def load_corpus(path: str | Path | None) -> str:
+def load_corpus(path: str | Path | None, keep_line_endings: bool = False) -> str:
     """``None`` or ``"shakespeare"`` gives the default corpus; anything else is a file path."""
     if path is None or str(path) == DEFAULT_CORPUS:
         return shakespeare_text()
-    return read_text_file(path)
+    return read_text_file(path, keep_line_endings)
 
 
 class CharVocab:

@@ -287,7 +287,10 @@ def evaluation_batches(config: RunConfig, vocab: CharVocab, device: str = "cpu")
     """Fixed validation batches: (report, calibration), ``trainer.eval_batches`` of
     ``trainer.batch_size`` windows each, drawn with two different seeds from the run's seed."""
     data = CharDataset.from_text(
-        load_corpus(config.data.path), config.model.block_size, config.data.val_fraction, vocab=vocab
+        load_corpus(config.data.path, config.data.keep_line_endings),
+        config.model.block_size,
+        config.data.val_fraction,
+        vocab=vocab,
     )
     t = config.trainer
     report = torch.Generator().manual_seed(t.seed + 100)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,11 +63,27 @@ class Trainer:
         checkpoint = read_checkpoint(self.folder.checkpoint) if resume else None
         if checkpoint is not None:
             config = RunConfig.from_dict(checkpoint["config"], source="checkpoint")
-        elif self.folder.holds_run():
-            raise ApoptosisError(
-                f"run folder {self.run_dir} already holds a run: pass --resume to continue it, or another --name"
-            )
         config.validate()
+        created = not self.run_dir.exists()
+        self.folder.claim()
+        try:
+            self._build(config, checkpoint)
+        except BaseException:
+            self.folder.release()
+            if created:  # bad input found while building: leave no folder behind
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+
+    def _build(self, config: RunConfig, checkpoint: dict[str, Any] | None) -> None:
+        """Everything the run needs, in an order that fixes the random draws (model initialisation
+        first); restored from ``checkpoint`` when resuming."""
+        if checkpoint is None and self.folder.holds_run():
+            if self.folder.checkpoint.exists():
+                raise ApoptosisError(
+                    f"run folder {self.run_dir} already holds a run: pass --resume to continue it, or another --name"
+                )
+            self.warn(f"replacing {self.run_dir}: it holds a run that stopped before its first checkpoint")
+            self.folder.clear()
         self.config = config
         t = config.trainer
         self.device = torch.device(t.device)
@@ -127,6 +144,10 @@ class Trainer:
         self.follower_ctx = dataclasses.replace(self.ctx, generator=self.generators["follower"])
         if self.follower is not None:
             self.events.follow_with(self.follower, self.follower_ctx)
+        self.no_events_reason = why_no_events(config)
+        if self.no_events_reason and checkpoint is None:
+            self.warn(f"no event can happen in this run: {self.no_events_reason}")
+        self.warned_unlearned = False
 
     @property
     def current_corpus(self) -> str:
@@ -142,7 +163,17 @@ class Trainer:
         return self.evaluator.probe_loss(self.current_corpus)
 
     def fit(self) -> dict[str, Any]:
-        """Train to ``trainer.steps`` (from the checkpoint's step after a resume); then finish."""
+        """Train to ``trainer.steps`` (from the checkpoint's step after a resume); then finish. The
+        run folder is released at the end, however the run ends."""
+        try:
+            self._train()
+            for strategy, ctx in self._hooked():
+                strategy.on_train_end(ctx)
+            return self.finish()
+        finally:
+            self.folder.release()
+
+    def _train(self) -> None:
         t = self.config.trainer
         if any(strategy.uses_fitness for strategy, _ in self._hooked()):
             self.fitness.attach()
@@ -160,9 +191,6 @@ class Trainer:
             finally:
                 self.progress = None
                 self.fitness.detach()
-        for strategy, ctx in self._hooked():
-            strategy.on_train_end(ctx)
-        return self.finish()
 
     def _train_step(self) -> None:
         """One step, in order: batch, forward, backward, fitness, optimizer step; then the model as
@@ -212,6 +240,7 @@ class Trainer:
             val_losses = self.evaluator.val_losses()  # one pass per corpus; the current one is val_loss
             tot.last_val_loss = val_losses[self.current_corpus]
             corpus_losses = val_losses if self.phases.phased else None
+            self._check_learning(tot.last_val_loss)
             for strategy, ctx in self._hooked():
                 strategy.on_evaluate(ctx, tot.last_val_loss)
             if self.on_evaluate is not None:
@@ -272,6 +301,22 @@ class Trainer:
         self.folder.append_metrics(row)
         tot.pending_losses, tot.pending_tokens, tot.pending_time_s = [], 0, 0.0
 
+    def _check_learning(self, val_loss: float) -> None:
+        """Warn once when, after warm-up, the model is worse than one with no context at all (a
+        finite but absurd loss, e.g. from far too high a learning rate)."""
+        unigram = self.data.unigram_loss()
+        if self.warned_unlearned or self.step <= self.config.trainer.warmup_steps or val_loss <= unigram:
+            return
+        self.warned_unlearned = True
+        self.warn(
+            f"step {self.step}: val loss {val_loss:.3f} is above the no-context (unigram) loss {unigram:.3f} "
+            "after warm-up: the model is not learning (lower trainer.lr?)"
+        )
+
+    def warn(self, message: str) -> None:
+        """One line on stderr, shown even with --quiet."""
+        Console(stderr=True, log_path=False).print(f"warning: {message}", highlight=False, soft_wrap=True)
+
     def _synchronize(self) -> None:
         """Wait for queued GPU work, so that a time taken next covers it (no-op on the CPU)."""
         if self.device.type == "cuda":
@@ -297,8 +342,11 @@ class Trainer:
         return {"loss": loss, "val": val, "tps": f"{tot.tokens_per_s or 0.0:,.0f}", "events": tot.events}
 
     def summary(self) -> dict[str, Any]:
-        return run_summary(self.config, self.step, self.run_dir, self.model, self.lineage, self.totals,
-                           self.evaluator, self.corpora, self.phases.phase_corpora, self.current_corpus)  # fmt: skip
+        summary = run_summary(self.config, self.step, self.run_dir, self.model, self.lineage, self.totals,
+                              self.evaluator, self.corpora, self.phases.phase_corpora, self.current_corpus)  # fmt: skip
+        if summary["events"] == 0 and self.no_events_reason:
+            summary["no_events_reason"] = self.no_events_reason
+        return summary
 
     def finish(self) -> dict[str, Any]:
         """Write summary.json, lineage.csv and the plots."""
@@ -309,6 +357,21 @@ class Trainer:
         self.lineage.write_csv(self.run_dir / "lineage.csv")
         plot_run(self.run_dir)
         return summary
+
+
+def why_no_events(config: RunConfig) -> str | None:
+    """Why the strategy's settings allow no event within the run's steps (None if they do): an
+    ``interval`` not below the steps, or a ``maturity`` no neuron reaches before the last step."""
+    params, steps = config.strategy.params, config.trainer.steps
+    interval, maturity = params.get("interval"), params.get("maturity", 0)
+    if not isinstance(interval, int) or interval < 1:
+        return None
+    if interval >= steps:
+        return f"strategy.interval ({interval}) is not below trainer.steps ({steps})"
+    first = max(interval, math.ceil(maturity / interval) * interval)  # the first event step with mature neurons
+    if first >= steps:
+        return f"no neuron is strategy.maturity ({maturity}) steps old at an event step before trainer.steps ({steps})"
+    return None
 
 
 _COLUMNS = (

@@ -42,7 +42,11 @@ def load_corpora(config: RunConfig, vocab_chars: list[str] | None) -> tuple[dict
     block, val_fraction = config.model.block_size, config.data.val_fraction
     vocab = CharVocab(vocab_chars) if vocab_chars else None
     if not config.continual.phases:
-        return {"main": CharDataset.from_text(load_corpus(config.data.path), block, val_fraction, vocab)}, ["main"]
+        return {
+            "main": CharDataset.from_text(
+                load_corpus(config.data.path, config.data.keep_line_endings), block, val_fraction, vocab
+            )
+        }, ["main"]
     from apoptosis.core.corpora import corpus_text, distinct_corpora, parse_phases, union_vocab
 
     specs = parse_phases(",".join(config.continual.phases))

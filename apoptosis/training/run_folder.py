@@ -3,8 +3,12 @@ training, cut back to the checkpoint's step on resume, and read back by everythi
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,33 @@ CHECKPOINT = Path("checkpoints") / "last.pt"
 class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock = None
+
+    def claim(self) -> None:
+        """Hold an exclusive lock on the folder for the run's life (released by ``release`` or when
+        the process ends), so two runs started with the same name never write into one folder."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / ".lock", "a")  # noqa: SIM115 (held open for the run's life)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ApoptosisError(
+                f"folder {self.path} is in use by another process (a run or comparison with this name is "
+                "going): wait for it to end, or choose another --name"
+            ) from None
+        self._lock = handle
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the lock
+            self._lock = None
+
+    def clear(self) -> None:
+        """Remove everything but the lock: for a run that stopped before its first checkpoint."""
+        for child in self.path.iterdir():
+            if child.name != ".lock":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
 
     @property
     def checkpoint(self) -> Path:
@@ -61,6 +92,17 @@ class RunFolder:
         if events.exists():
             kept = [ln for ln in events.read_text(encoding="utf-8").splitlines() if _event_step(ln) <= step]
             atomic_write_text(events, "".join(ln + "\n" for ln in kept))
+
+
+@contextmanager
+def claimed(path: str | Path) -> Iterator[None]:
+    """Hold ``path`` for a command that writes several runs into it (compare, continual)."""
+    folder = RunFolder(path)
+    folder.claim()
+    try:
+        yield
+    finally:
+        folder.release()
 
 
 def _complete_row(line: str, width: int) -> bool:
