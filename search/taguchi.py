@@ -22,6 +22,7 @@ from rich.table import Table
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.io import atomic_write_json, atomic_write_text
 from apoptosis.search import taguchi_analysis as ta
+from apoptosis.search import taguchi_anova
 from apoptosis.search.arrays import OrthogonalArray, design
 from apoptosis.search.space import apply_settings
 from apoptosis.search.study import StudySpec, coordinate, enqueue, trials_frame, work
@@ -68,14 +69,16 @@ def run_taguchi(
         return None
     results = replicate_frame(study, levels, array.runs)
     rows = ta.per_row(results, levels)
-    anova_sn = ta.anova(rows, levels)
+    anova_sn = taguchi_anova.anova(rows, levels)
     result = TaguchiResult(
         array=array,
         rows=rows,
         response=ta.response_table(rows, levels),
         anova=anova_sn,
-        predicted_sn=ta.predict_optimum(rows, levels, anova_table=anova_sn),
-        predicted_mean=ta.predict_optimum(rows, levels, column="mean", anova_table=ta.anova(rows, levels, "mean")),
+        predicted_sn=taguchi_anova.predict_optimum(rows, levels, anova_table=anova_sn),
+        predicted_mean=taguchi_anova.predict_optimum(
+            rows, levels, column="mean", anova_table=taguchi_anova.anova(rows, levels, "mean")
+        ),
         confirmation=None,
     )
     best = result.predicted_sn["best_levels"]
@@ -158,7 +161,7 @@ def _jsonable(value: Any) -> Any:
 
 def print_results(result: TaguchiResult, console: Console) -> None:
     console.print(ta.response_rich_table(result.response, "Response table: mean S/N (dB) per level"))
-    console.print(ta.anova_rich_table(result.anova, "ANOVA of S/N (smaller-the-better)"))
+    console.print(taguchi_anova.anova_rich_table(result.anova, "ANOVA of S/N (smaller-the-better)"))
     console.print(prediction_table(result))
 
 

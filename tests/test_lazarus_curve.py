@@ -12,10 +12,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import apoptosis.lazarus.curve as curve_module
+import apoptosis.lazarus.curve_runner as curve_runner
 from apoptosis.cli.main import app
 from apoptosis.core.config import RunConfig
-from apoptosis.lazarus.curve import CSV_FILE, LOSS_PLOT, RECOVERY_PLOT, SETTINGS_FILE, read_curve
+from apoptosis.lazarus.curve_grid import KEY, CurveSettings, plan
+from apoptosis.lazarus.curve_report import LOSS_PLOT, RECOVERY_PLOT, SETTINGS_FILE, summarize
+from apoptosis.lazarus.curve_runner import CSV_FILE, read_curve
 from apoptosis.lazarus.damage import DamageSpec, damage_model
 from apoptosis.lazarus.recovery import compare_models, evaluation_batches, recovery_fraction
 from apoptosis.training import Trainer, load_model
@@ -24,7 +26,7 @@ from tests.test_cli import run_cli, run_main
 
 SMALL = ["--noise", "0.3", "--prune", "0.5", "--losses", "full,consistency", "--seeds", "2"]
 FAST = ["--steps", "2", "--batch-size", "2", "--seq-len", "8"]
-MEASURES = [c for c in curve_module.MEASURES if c != "seconds"]
+MEASURES = [c for c in curve_runner.MEASURES if c != "seconds"]
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +52,12 @@ def swept(run_dir, cli):
 
 
 def _keys(frame: pd.DataFrame) -> list[tuple]:
-    return list(frame[curve_module.KEY].itertuples(index=False, name=None))
+    return list(frame[KEY].itertuples(index=False, name=None))
 
 
 def test_plan_runs_each_distinct_recovery_once():
-    settings = curve_module.CurveSettings(noise=(0.2,), prune=(0.5,), losses=("full", "entropy"), seeds=1)
-    assert [c.key for _, cells in curve_module.plan(settings) for c in cells] == [
+    settings = CurveSettings(noise=(0.2,), prune=(0.5,), losses=("full", "entropy"), seeds=1)
+    assert [c.key for _, cells in plan(settings) for c in cells] == [
         ("noise", 0.2, False, 0, "-", "-", "none"),
         ("noise", 0.2, False, 0, "-", "original", "full"),  # no mask after noise: one mode
         ("noise", 0.2, False, 0, "-", "damaged", "full"),
@@ -68,7 +70,7 @@ def test_plan_runs_each_distinct_recovery_once():
         ("prune", 0.5, False, 0, "frozen", "-", "entropy"),
         ("prune", 0.5, False, 0, "regrow", "-", "entropy"),
     ]
-    defaults = [c for _, cells in curve_module.plan(curve_module.CurveSettings()) for c in cells]
+    defaults = [c for _, cells in plan(CurveSettings()) for c in cells]
     assert len(defaults) == 3 * (4 * 7 + 4 * 13)  # the count docs/lazarus.md gives
     assert sum(c.loss != "none" for c in defaults) == 3 * (4 * 6 + 4 * 12)
 
@@ -140,7 +142,7 @@ def test_files_table_and_settings(swept):
     assert saved["settings"]["noise"] == [0.3] and saved["settings"]["steps"] == 2 and saved["source_run"] == ".."
     for fragment in ("loss rec.", "acc. rec.", "T-scaled", "none", "consistency", "±", str(out / CSV_FILE)):
         assert fragment in output, fragment
-    summary = curve_module.summarize(frame)
+    summary = summarize(frame)
     assert len(summary) == (2 + 4) + (2 + 8)  # per damage: none, T-scaled and its recoveries
     assert (summary["seeds"] == 2).all()
 
@@ -152,7 +154,7 @@ class Killed(Exception):
 def test_a_stopped_sweep_resumes_without_redoing_rows(swept, run_dir, cli, tmp_path, monkeypatch):
     _, complete, _ = swept
     out = tmp_path / "curve"
-    real = curve_module.recover_copy
+    real = curve_runner.recover_copy
     calls = []
 
     def stop_at_fourth(*args, **kwargs):
@@ -161,7 +163,7 @@ def test_a_stopped_sweep_resumes_without_redoing_rows(swept, run_dir, cli, tmp_p
             raise Killed
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(curve_module, "recover_copy", stop_at_fourth)
+    monkeypatch.setattr(curve_runner, "recover_copy", stop_at_fourth)
     result = cli("lazarus-curve", run_dir, *SMALL, *FAST, "--out", out, "--quiet")
     assert isinstance(result.exception, Killed)
     first = read_curve(out / CSV_FILE)
@@ -169,7 +171,7 @@ def test_a_stopped_sweep_resumes_without_redoing_rows(swept, run_dir, cli, tmp_p
     first_text = (out / CSV_FILE).read_text().splitlines()
 
     calls.clear()
-    monkeypatch.setattr(curve_module, "recover_copy", lambda *a, **k: (calls.append(a[2]), real(*a, **k))[1])
+    monkeypatch.setattr(curve_runner, "recover_copy", lambda *a, **k: (calls.append(a[2]), real(*a, **k))[1])
     assert cli("lazarus-curve", run_dir, *SMALL, *FAST, "--out", out, "--quiet").exit_code == 0
     assert len(calls) == 24 - 3
     resumed = read_curve(out / CSV_FILE)
@@ -200,7 +202,7 @@ def test_resume_with_other_settings_is_refused(swept, run_dir, cli, tmp_path, mo
     assert "other settings" in err and "seq_len 8 there, 6 here" in err and "--out" in err
     assert (out / CSV_FILE).read_bytes() == before
     # the same lists in another order are the same sweep: nothing to run again
-    monkeypatch.setattr(curve_module, "recover_copy", lambda *a, **k: pytest.fail("a finished row ran again"))
+    monkeypatch.setattr(curve_runner, "recover_copy", lambda *a, **k: pytest.fail("a finished row ran again"))
     reordered = ["--noise", "0.3", "--prune", "0.5", "--losses", "consistency,full", "--anchors", "damaged,original"]
     assert cli("lazarus-curve", run_dir, *reordered, "--seeds", "2", *FAST, "--quiet").exit_code == 0
     assert (out / CSV_FILE).read_bytes() == before

@@ -12,15 +12,13 @@ from rich.console import Console
 from scipy import stats
 
 from apoptosis.search.taguchi_analysis import (
-    anova,
-    anova_rich_table,
     main_effects_plot,
     per_row,
-    predict_optimum,
     response_rich_table,
     response_table,
     signal_to_noise,
 )
+from apoptosis.search.taguchi_anova import anova, anova_rich_table, predict_optimum
 
 # The standard L9(3^4) orthogonal array, 1-based levels.
 L9 = [

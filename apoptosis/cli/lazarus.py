@@ -242,7 +242,7 @@ def lazarus_curve(
 ) -> None:
     """Sweep damage levels x anchors x modes x losses x seeds, with the no-recovery and temperature
     controls: curve.csv (resumable), curve.json, recovery.png, val_loss.png and a table."""
-    from apoptosis.lazarus.curve import sweep
+    from apoptosis.lazarus.curve_runner import sweep
 
     _check_device(device)
     sweep(

@@ -16,6 +16,14 @@ import torch.nn.functional as F
 
 from apoptosis.core.config import ModelConfig
 
+INIT_STD = 0.02  # std of every Linear and Embedding weight at initialisation (GPT-2)
+
+
+def residual_std(n_layer: int) -> float:
+    """Initial std of the residual projections (``attn.out``, ``mlp.proj``): GPT-2's
+    ``INIT_STD / sqrt(2 n_layer)``."""
+    return INIT_STD / math.sqrt(2 * n_layer)
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
@@ -101,16 +109,16 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
         for block in self.blocks:  # GPT-2: scale residual projections by depth
             for p in (block.attn.out.weight, block.mlp.proj.weight):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                nn.init.normal_(p, mean=0.0, std=residual_std(config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
 
     def mlp_widths(self) -> list[int]:
         return [block.mlp.width for block in self.blocks]
@@ -157,6 +165,38 @@ class GPT(nn.Module):
             nxt = torch.multinomial(probs, 1, generator=generator).to(idx.device)
             idx = torch.cat((idx, nxt), dim=1)
         return idx
+
+
+@torch.no_grad()
+def fresh_parameters(model: GPT, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A new draw of the initial distribution of every parameter of ``model``, by name as in
+    ``model.named_parameters()`` (the head is tied to ``wte``), at the model's current widths.
+
+    As ``GPT.__init__`` initialises them: Linear and Embedding weights N(0, ``INIT_STD``), the
+    residual projections (``attn.out``, ``mlp.proj``) N(0, ``residual_std(n_layer)``), biases 0,
+    LayerNorm weights 1 and biases 0. The draws are made on the CPU from ``generator``, in
+    ``named_parameters`` order, so a seeded generator gives the same values on any device; each
+    tensor comes back on its parameter's device and dtype. The model is not changed.
+    """
+    residual = {id(p) for block in model.blocks for p in (block.attn.out.weight, block.mlp.proj.weight)}
+    owners: dict[int, tuple[nn.Module, str]] = {}
+    for module in model.modules():
+        for attr, p in module.named_parameters(recurse=False):
+            owners.setdefault(id(p), (module, attr))
+    fresh = {}
+    for name, p in model.named_parameters():
+        module, attr = owners[id(p)]
+        if isinstance(module, nn.LayerNorm):
+            value = torch.ones(p.shape) if attr == "weight" else torch.zeros(p.shape)
+        elif attr == "bias":
+            value = torch.zeros(p.shape)
+        elif isinstance(module, nn.Linear | nn.Embedding):
+            std = residual_std(model.config.n_layer) if id(p) in residual else INIT_STD
+            value = torch.randn(p.shape, generator=generator) * std
+        else:
+            raise TypeError(f"no initial distribution is known for parameter {name} of a {type(module).__name__}")
+        fresh[name] = value.to(device=p.device, dtype=p.dtype)
+    return fresh
 
 
 def frozen_copy(model: GPT) -> GPT:

@@ -27,7 +27,7 @@ import torch
 
 from apoptosis.core.fitness import FitnessTracker
 from apoptosis.core.lineage import Lineage
-from apoptosis.core.model import MLP
+from apoptosis.core.model import INIT_STD, MLP
 from apoptosis.core.neuron_updates import NeuronUpdates
 
 OUTGOING_MODES = ("zero", "split", "copy")
@@ -94,11 +94,14 @@ class NeuronPopulation:
         step: int,
         parents: list[tuple[int, ...]],
         cause: str,
+        death_fitness: torch.Tensor | None = None,
     ) -> list[int]:
         """Kill the neurons in ``slots`` and put new ones there.
 
         incoming: (k, d_model + 1) weights and bias; outgoing: (k, d_model); parents: for each
-        new neuron, the *slots* of its parents (read before anything changes). Returns new ids.
+        new neuron, the *slots* of its parents (read before anything changes); death_fitness:
+        (k,) the score each dying neuron is recorded with in the lineage (by default its
+        ``fitness()``; a strategy that ranks by a score of its own passes that). Returns new ids.
         """
         slots = _as_index(slots)
         k = len(slots)
@@ -109,8 +112,9 @@ class NeuronPopulation:
         ids = self.ids()
         parent_ids = [tuple(ids[p] for p in ps) for ps in parents]
         parent_fitness = [float(fit[list(ps)].mean()) if ps else None for ps in parents]
-        for slot in slots.tolist():
-            self.lineage.death(ids[slot], step, cause, float(fit[slot]))
+        dying_fitness = fit[slots] if death_fitness is None else torch.as_tensor(death_fitness).flatten().cpu()
+        for slot, value in zip(slots.tolist(), dying_fitness.tolist(), strict=True):
+            self.lineage.death(ids[slot], step, cause, float(value))
 
         fc, proj = self.mlp.fc, self.mlp.proj
         dev_slots = slots.to(fc.weight.device)
@@ -125,6 +129,37 @@ class NeuronPopulation:
             self.lineage.birth(self.layer, slot, step, pid, pf)
             for slot, pid, pf in zip(slots.tolist(), parent_ids, parent_fitness, strict=True)
         ]
+
+    @torch.no_grad()
+    def reinitialize(
+        self,
+        slots: torch.Tensor,
+        *,
+        step: int,
+        cause: str,
+        generator: torch.Generator,
+        outgoing_std: float = 0.0,
+        death_fitness: torch.Tensor | None = None,
+    ) -> list[int]:
+        """Replace ``slots`` by newborns without parents, drawn from the model's initial
+        distribution: incoming weights N(0, ``INIT_STD``) and bias 0; outgoing weights
+        N(0, ``outgoing_std``), by default 0 (the newborn starts silent, so the layer's output is
+        unchanged). Drawn on the CPU from ``generator``; the rest is ``replace``'s (moments zeroed,
+        Adam's bias correction counted from the birth, fitness reset, lineage)."""
+        slots = _as_index(slots)
+        k, d_model, d_out = len(slots), self.mlp.fc.in_features, self.mlp.proj.out_features
+        incoming = torch.cat([torch.randn(k, d_model, generator=generator) * INIT_STD, torch.zeros(k, 1)], dim=1)
+        out = torch.randn(k, d_out, generator=generator) * outgoing_std if outgoing_std else torch.zeros(k, d_out)
+        return self.replace(slots, incoming, out, step=step, parents=[()] * k, cause=cause, death_fitness=death_fitness)
+
+    @torch.no_grad()
+    def add_to_output_bias(self, delta: torch.Tensor) -> None:
+        """Add ``delta`` (d_model,) to the layer's output bias (``proj.bias``, which belongs to no
+        neuron): where a removed neuron's mean contribution can be kept. Its optimizer state is
+        left as it is."""
+        bias = self.mlp.proj.bias
+        assert delta.shape == bias.shape, delta.shape
+        bias.add_(delta.to(bias))
 
     @torch.no_grad()
     def copy_from(
@@ -337,6 +372,17 @@ class NeuronPopulation:
         width = self.mlp.fc.weight.shape[0]
         self.mlp.fc.out_features = width
         self.mlp.proj.in_features = width
+
+
+def restart_optimizer(optimizer: torch.optim.Optimizer, populations: list[NeuronPopulation]) -> None:
+    """Forget the optimizer's state of every parameter (Adam's moments and step counts), as a
+    newly built optimizer would have it: the next step starts them again from zero. Every
+    neuron's own bias-correction clock restarts with its tensor's (none stays young); update
+    scales (protection) are kept. Learning rates and other settings are untouched."""
+    optimizer.state.clear()
+    for pop in populations:
+        assert pop.optimizer is optimizer
+        pop.updates.born_at.zero_()
 
 
 def _append_zeros(t: torch.Tensor, dim: int, k: int) -> torch.Tensor:

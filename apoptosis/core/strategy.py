@@ -41,6 +41,11 @@ class TrainingContext:
     _run_event: Callable[[str, Surgery], None]
     _log: Callable[[str], None]
 
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The run's optimizer, which every population shares (for model-wide resets)."""
+        return self.populations[0].optimizer
+
     def event(self, kind: str, surgery: Surgery) -> None:
         """Run ``surgery`` on every layer's population as one recorded event."""
         self._run_event(kind, surgery)
