@@ -75,6 +75,7 @@ def test_grown_run_saves_loads_and_resumes(tmp_path: Path) -> None:
     while trainer.step < 20:
         trainer._train_step()
     trainer.fitness.detach()
+    trainer.folder.release()  # what the process's death would do
     assert trainer.model.mlp_widths() == [100, 100]
     resumed = Trainer(config, halted, resume=True, show_progress=False).fit()
     assert resumed["final_val_loss"] == reference["final_val_loss"]
