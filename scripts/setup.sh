@@ -11,4 +11,5 @@ PY=${PYTHON:-python3}
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
 extra=""
 [ "${1:-}" = "dev" ] && extra="[dev]"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
+# PYTHONWARNINGS: setuptools warns on every editable install of a package with mapped folders
+PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"

@@ -23,6 +23,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -111,21 +112,27 @@ def open_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
         raise ApoptosisError(f"cannot open --storage {spec.storage_label}: {reason}") from None
 
 
+def sampler_seed(base: int, worker: int, trials_so_far: int) -> int:
+    """The seed of one worker's sampler at one start. A new study's workers get ``base + worker``
+    (reproducible); a resumed one's get a seed that also depends on how many trials the study
+    already holds, so a restarted worker does not draw its earlier points again."""
+    if trials_so_far == 0:
+        return base + worker
+    return int(np.random.SeedSequence([base, worker, trials_so_far]).generate_state(1)[0])
+
+
 def load_study(spec: StudySpec, storage: optuna.storages.BaseStorage, worker: int = 0) -> optuna.Study:
-    """Create or load the study, with a sampler seeded per worker."""
+    """Create or load the study, with a sampler seeded per worker and per start."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines and tables say what happens
     min_resource = min(spec.base.trainer.eval_interval, spec.steps) if spec.objective == "train" else 1
     max_resource = spec.steps * len(spec.seeds) if spec.objective == "train" else spec.synthetic.reports
-    sampler = make_sampler(spec.sampler if spec.kind == "optuna" else "random", spec.sampler_seed + worker)
     pruner = make_pruner(spec.pruner if spec.kind == "optuna" else "none", max_resource, min_resource)
-    return optuna.create_study(
-        study_name=spec.name,
-        storage=storage,
-        sampler=sampler,
-        pruner=pruner,
-        direction="minimize",
-        load_if_exists=True,
+    study = optuna.create_study(
+        study_name=spec.name, storage=storage, pruner=pruner, direction="minimize", load_if_exists=True
     )
+    seed = sampler_seed(spec.sampler_seed, worker, len(study.get_trials(deepcopy=False)))
+    study.sampler = make_sampler(spec.sampler if spec.kind == "optuna" else "random", seed)
+    return study
 
 
 def check_signature(study: optuna.Study, spec: StudySpec) -> None:

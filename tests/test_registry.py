@@ -3,11 +3,13 @@ broken plugins skipped with a warning, unknown names listing the known ones."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
 import warnings
 
 import pytest
 
+from apoptosis.cli.main import main
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.registry import STRATEGIES, PluginWarning, Registry
 from apoptosis.core.strategy import Strategy, build_strategy
@@ -92,7 +94,7 @@ def test_decorator_wildcards_and_unknown_names() -> None:
 def test_builtins_come_through_the_entry_point_group() -> None:
     assert {"none", "standard"} <= set(STRATEGIES.names())
     assert STRATEGIES.names("stand*") == ["standard"]
-    with pytest.raises(ApoptosisError, match="known: .*none.*standard"):
+    with pytest.raises(ApoptosisError, match="strategies: .*none.*standard; followers .*: lazarus, replay"):
         build_strategy("no_such_strategy")
 
 
@@ -116,6 +118,17 @@ def test_broken_plugin_warns_and_others_still_work(plugin_distribution) -> None:
     assert "first_slot_rebirth" in names and "standard" in names and "broken_plugin" not in names
     messages = [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
     assert len(messages) == 1 and "broken_plugin" in messages[0] and "no_such_module_for_apoptosis_tests" in messages[0]
+
+
+def test_the_cli_shows_a_broken_plugin_in_one_line(plugin_distribution, monkeypatch, capsys) -> None:
+    STRATEGIES.forget_plugins()
+    monkeypatch.setattr(sys, "argv", ["apoptosis", "strategies", "--json"])
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # main replaces it
+    with warnings.catch_warnings(), pytest.raises(SystemExit):
+        warnings.simplefilter("always")
+        main()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: strategy plugin 'broken_plugin'"), lines
 
 
 def test_lookup_by_name_loads_only_that_plugin(plugin_distribution) -> None:

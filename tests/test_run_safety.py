@@ -9,12 +9,14 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from rich.console import Console
 
+from apoptosis.cli.main import main
 from apoptosis.core.config import RunConfig
 from apoptosis.core.data import CharDataset, load_corpus
 from apoptosis.core.errors import ApoptosisError
@@ -133,3 +135,36 @@ def test_keep_line_endings_is_a_setting() -> None:
     config = RunConfig()
     config.set("data.keep_line_endings", True)
     assert config.data.keep_line_endings and "keep_line_endings = true" in config.to_toml()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda raw: raw[: len(raw) // 2], lambda raw: b"not a checkpoint" + raw[16:]],
+    ids=["truncated", "corrupt"],
+)
+def test_every_command_that_loads_a_model_names_an_unreadable_checkpoint(
+    tmp_path: Path, damage, monkeypatch, capsys
+) -> None:
+    run = tmp_path / "run"
+    Trainer(tiny_run_config(tmp_path, steps=10), run, show_progress=False).fit()
+    checkpoint = run / "checkpoints" / "last.pt"
+    broken = damage(checkpoint.read_bytes())
+    checkpoint.write_bytes(broken)
+    commands = [
+        ["train", "--resume", "--name", "run", "--runs-dir", str(tmp_path), "--quiet"],
+        ["sample", str(run), "--chars", "10"],
+        ["damage", str(run), "--noise", "0.1"],
+        ["compress", str(run), "--prune", "0.2"],
+        ["lazarus-curve", str(run)],
+    ]
+    capsys.readouterr()
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # main replaces it
+    for args in commands:
+        monkeypatch.setattr(sys, "argv", ["apoptosis", *args])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        err = capsys.readouterr().err
+        assert exited.value.code == 2, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "last.pt" in lines[0] and "corrupt" in lines[0], (args, err)
+        assert checkpoint.read_bytes() == broken  # never overwritten

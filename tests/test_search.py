@@ -136,6 +136,16 @@ def test_optuna_study_runs_exactly_its_trials_resumes_and_writes_results(tmp_pat
     assert len(optuna.load_study(study_name="s", storage=study._storage).trials) == 15
 
 
+def test_a_resumed_search_does_not_repeat_its_earlier_parameters(tmp_path):
+    space = SearchSpace.from_registry(["standard"], [], {})
+    spec = spec_for(tmp_path, space, sampler="random", pruner="none")
+    run_optuna(spec, 4, 1, QUIET)
+    run_optuna(spec, 8, 1, QUIET)  # interrupted after 4, then the same command again
+    study = run_optuna(spec, 12, 1, QUIET)
+    drawn = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(drawn) == 12 and len(set(drawn)) == 12
+
+
 def test_tpe_beats_random_on_the_synthetic_objective_over_seeds(tmp_path):
     """A sanity check of the whole loop: with 40 trials, TPE's best is at least as good as
     random search's on most sampler seeds."""

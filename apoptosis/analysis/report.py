@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from apoptosis.core.errors import ApoptosisError
+from apoptosis.core.io import read_torch_file
 from apoptosis.core.lineage import Lineage
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -29,7 +29,7 @@ def load_lineage(run_dir: str | Path) -> tuple[Lineage, int]:
         return Lineage.from_frame(pd.read_csv(csv_path)), step
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = read_torch_file(ckpt_path, keys=("lineage", "step"))
         lineage = Lineage()
         lineage.load_state_dict(ckpt["lineage"])
         return lineage, int(ckpt["step"])

@@ -4,13 +4,20 @@ one app) and turns user errors into one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import sys
+import warnings
 
 from apoptosis.cli import compare, lazarus, measure, runs, search, train  # noqa: F401  (they register commands)
 from apoptosis.cli.app import app
 from apoptosis.core.errors import ApoptosisError
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """A warning as the user should see it: one line, without the Python source line under it."""
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def main() -> None:
+    warnings.showwarning = _one_line_warning
     try:
         app()
     except ApoptosisError as e:

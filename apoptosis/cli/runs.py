@@ -30,12 +30,24 @@ def strategies(
             warnings.warn(f"strategy plugin {strategy_name!r} is {cls!r}, not a Strategy: skipped", stacklevel=1)
             continue
         listing.append(
-            {"name": strategy_name, "description": getattr(cls, "description", ""), "parameters": cls.Params.describe()}
+            {
+                "name": strategy_name,
+                "kind": "follower" if cls.follows_events else "strategy",
+                "description": getattr(cls, "description", ""),
+                "parameters": cls.Params.describe(),
+            }
         )
     if as_json:
         print(json.dumps(listing, indent=2))
         return
-    table = Table(title="Strategies", title_justify="left", show_lines=True)
+    for kind, title in (("strategy", "Strategies"), ("follower", "Followers (after another's events: --then)")):
+        chosen = [item for item in listing if item["kind"] == kind]
+        if chosen:
+            console.print(_strategy_table(title, chosen))
+
+
+def _strategy_table(title: str, listing: list[dict]) -> Table:
+    table = Table(title=title, title_justify="left", show_lines=True)
     table.add_column("name", style="bold")
     table.add_column("description")
     table.add_column("parameters (default; allowed; search range)")
@@ -47,7 +59,7 @@ def strategies(
             for p in item["parameters"]
         ]  # fmt: skip
         table.add_row(item["name"], item["description"], "\n".join(lines) or "-")
-    console.print(table)
+    return table
 
 
 @app.command()

@@ -20,6 +20,8 @@ import tomli_w
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.params import type_word
 
+ACTIVATIONS = ("gelu", "relu")
+
 
 @dataclass
 class ModelConfig:
@@ -31,6 +33,7 @@ class ModelConfig:
     block_size: int = 64
     dropout: float = 0.0
     mlp_widths: list[int] = field(default_factory=list)  # per block; empty means d_ff everywhere
+    activation: str = "gelu"  # the MLP's nonlinearity: gelu or relu (configs without it are gelu)
 
     def widths(self) -> list[int]:
         return list(self.mlp_widths) if self.mlp_widths else [self.d_ff] * self.n_layer
@@ -45,6 +48,10 @@ class ModelConfig:
         _check(
             not self.mlp_widths or (len(self.mlp_widths) == self.n_layer and min(self.mlp_widths) >= 1),
             "model.mlp_widths must be empty or list one width >= 1 per layer",
+        )
+        _check(
+            self.activation in ACTIVATIONS,
+            f"model.activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}",
         )
 
 
@@ -106,6 +113,7 @@ class ContinualConfig:
     phases: list[str] = field(default_factory=list)  # each shakespeare, python or name=FILE; names may repeat
     steps_per_phase: int = 1000
     plasticity_steps: int = 100  # every corpus is evaluated this many steps into each phase
+    evaluate_all: bool = True  # False: evaluations read the current phase's corpus only (runs of many phases)
 
     def validate(self, total_steps: int) -> None:
         if not self.phases:

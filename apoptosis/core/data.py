@@ -127,12 +127,17 @@ class CharVocab:
 
 @dataclass
 class CharDataset:
-    """The encoded corpus split 90/10 into train and val, served as random contiguous windows."""
+    """The encoded corpus split 90/10 into train and val, served as random contiguous windows.
+
+    ``targets`` (per split, one per token) replaces the next token as what each position must
+    predict: generated memorisation tasks give random targets; text has none.
+    """
 
     vocab: CharVocab
     train: torch.Tensor
     val: torch.Tensor
     block_size: int
+    targets: dict[str, torch.Tensor] | None = None
 
     @classmethod
     def from_text(
@@ -152,10 +157,12 @@ class CharDataset:
 
     def unigram_loss(self) -> float:
         """Cross-entropy (nats/char) of the val split under the train split's character
-        frequencies (add-one smoothed): the loss a model with no context would get."""
-        counts = torch.bincount(self.train, minlength=len(self.vocab)).double() + 1.0
+        frequencies (add-one smoothed): the loss a model with no context would get (of the
+        targets, when the dataset has its own)."""
+        train, val = (self.targets["train"], self.targets["val"]) if self.targets else (self.train, self.val)
+        counts = torch.bincount(train, minlength=len(self.vocab)).double() + 1.0
         log_p = (counts / counts.sum()).log()
-        return float(-log_p[self.val].mean())
+        return float(-log_p[val].mean())
 
     def batch(
         self, split: str, batch_size: int, generator: torch.Generator, device: str | torch.device = "cpu"
@@ -166,4 +173,6 @@ class CharDataset:
         offsets = torch.arange(self.block_size + 1)
         windows = data[starts[:, None] + offsets]  # (B, T+1)
         x, y = windows[:, :-1], windows[:, 1:]
+        if self.targets is not None:
+            y = self.targets[split][starts[:, None] + offsets[:-1]]
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)

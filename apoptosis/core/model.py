@@ -56,16 +56,16 @@ class NeuronGate(nn.Module):
 
 
 class MLP(nn.Module):
-    """``fc: d_model -> width``, GELU, ``proj: width -> d_model``.
+    """``fc: d_model -> width``, GELU (or ReLU: ``model.activation``), ``proj: width -> d_model``.
 
     Neuron i is row i of ``fc`` (with its bias) and column i of ``proj``. ``gate`` applies the
     neuron mask (saved with the model) and is where fitness hooks see h and its gradient.
     """
 
-    def __init__(self, d_model: int, width: int, dropout: float) -> None:
+    def __init__(self, d_model: int, width: int, dropout: float, activation: str = "gelu") -> None:
         super().__init__()
         self.fc = nn.Linear(d_model, width)
-        self.act = nn.GELU()
+        self.act = nn.ReLU() if activation == "relu" else nn.GELU()
         self.proj = nn.Linear(width, d_model)
         self.gate = NeuronGate(width)
         self.drop = nn.Dropout(dropout)
@@ -85,7 +85,7 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(config.d_model)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.d_model)
-        self.mlp = MLP(config.d_model, mlp_width, config.dropout)
+        self.mlp = MLP(config.d_model, mlp_width, config.dropout, config.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))

@@ -133,11 +133,17 @@ class Strategy:
 def build_strategy(name: str, params: Mapping[str, Any] | None = None, *, follower: bool = False) -> Strategy:
     """The registered strategy ``name`` with validated parameters (defaults for missing ones);
     ``follower`` asks for one that follows another's events (``--then``)."""
+    if name not in STRATEGIES:
+        leaders, followers = strategy_kinds()
+        raise ApoptosisError(
+            f"unknown {'follower' if follower else 'strategy'} {name!r}; strategies: {', '.join(leaders)}; "
+            f"followers (--then, or A+B in compare): {', '.join(followers) or 'none'}"
+        )
     cls = STRATEGIES.get(name)
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise ApoptosisError(f"strategy plugin {name!r} is {cls!r}, not a subclass of apoptosis.strategy.Strategy")
     if cls.follows_events != follower:
-        followers = [n for n in STRATEGIES.names() if getattr(STRATEGIES.get(n), "follows_events", False)]
+        followers = strategy_kinds()[1]
         if follower:
             raise ApoptosisError(
                 f"{name!r} makes events of its own and cannot follow another strategy; followers: "
@@ -147,6 +153,13 @@ def build_strategy(name: str, params: Mapping[str, Any] | None = None, *, follow
             f"{name!r} only follows another strategy's events: use e.g. --strategy standard --then {name}"
         )
     return cls.from_config(params or {})
+
+
+def strategy_kinds() -> tuple[list[str], list[str]]:
+    """The registered names, split into strategies that make events and followers of events."""
+    names = STRATEGIES.names()
+    followers = [n for n in names if getattr(STRATEGIES.get(n), "follows_events", False)]
+    return [n for n in names if n not in followers], followers
 
 
 def resolve_composition(label: str) -> tuple[str, str]:

@@ -20,7 +20,7 @@ import torch
 from apoptosis.core.config import RunConfig
 from apoptosis.core.data import CharVocab
 from apoptosis.core.errors import ApoptosisError
-from apoptosis.core.io import atomic_write, atomic_write_json
+from apoptosis.core.io import atomic_write, atomic_write_json, read_torch_file
 from apoptosis.core.model import GPT
 from apoptosis.training import load_model
 
@@ -299,7 +299,7 @@ def load_damaged(folder: str | Path, device: str = "cpu") -> DamagedCheckpoint:
     path = folder / MODEL_FILE
     if not path.is_file():
         raise ApoptosisError(f"no {MODEL_FILE} in {folder}: pass a folder written by `apoptosis damage`")
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = read_torch_file(path, device, keys=("config", "model", "masks"))
     if "damage" not in state or "source_run" not in state:
         raise ApoptosisError(f"{path} is not a damaged checkpoint (no damage description or source run)")
     config = RunConfig.from_dict(state["config"], source=str(path))

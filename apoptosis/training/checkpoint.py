@@ -14,7 +14,7 @@ from apoptosis.core.config import RunConfig
 from apoptosis.core.data import CharVocab
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.fitness import FitnessTracker
-from apoptosis.core.io import atomic_write
+from apoptosis.core.io import atomic_write, read_torch_file
 from apoptosis.core.lineage import Lineage
 from apoptosis.core.model import GPT
 from apoptosis.core.population import NeuronPopulation
@@ -42,7 +42,7 @@ class CheckpointedRun(Protocol):
 def read_checkpoint(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ApoptosisError(f"nothing to resume: {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return read_torch_file(path, keys=("config", "model", "optimizer", "step"))
 
 
 def save_checkpoint(run: CheckpointedRun, path: Path) -> None:

@@ -44,7 +44,7 @@ class Evaluator:
         batches = self.eval_batches[corpus]
         return self.mean_loss(batches["train"]), self.mean_loss(batches["val"])
 
-    def val_losses(self) -> dict[str, float]:
+    def val_losses(self, names: list[str] | None = None) -> dict[str, float]:
         """Validation loss on every corpus (one for a plain run; learning and forgetting together
-        in a continual one)."""
-        return {name: self.mean_loss(batches["val"]) for name, batches in self.eval_batches.items()}
+        in a continual one), or on the corpora ``names``."""
+        return {name: self.mean_loss(self.eval_batches[name]["val"]) for name in names or self.eval_batches}

@@ -51,12 +51,19 @@ class Trainer:
         console: Console | None = None,
         show_progress: bool = True,
         on_evaluate: Callable[[int, float], None] | None = None,
+        corpora: dict[str, CharDataset] | None = None,
+        on_phase_start: Callable[[int], None] | None = None,
+        on_phase_end: Callable[[int], None] | None = None,
     ) -> None:
         """``on_evaluate(step, val_loss)`` is called after every evaluation (a search reports
-        intermediate values through it; an exception it raises stops the run)."""
+        intermediate values through it; an exception it raises stops the run). ``corpora``: the
+        phases' generated datasets (the same again on resume). ``on_phase_start(i)`` sees the model
+        phase ``i`` starts from (after the strategies' phase-end hooks; again on a resume there),
+        ``on_phase_end(i)`` the model as phase ``i`` trained it (the last too), before those hooks."""
         self.run_dir = Path(run_dir)
         self.folder = RunFolder(self.run_dir)
         self.on_evaluate = on_evaluate
+        self.supplied_corpora, self.on_phase_start, self.on_phase_end = corpora, on_phase_start, on_phase_end
         self.console = console or Console(log_path=False)
         self.show_progress = show_progress
         self.progress: Progress | None = None
@@ -92,12 +99,13 @@ class Trainer:
 
         torch.manual_seed(t.seed)
         self.step = 0
-        self.corpora, phase_corpora = load_corpora(config, checkpoint["vocab"] if checkpoint else None)
+        self.corpora, phase_corpora = load_corpora(config, checkpoint and checkpoint["vocab"], self.supplied_corpora)
         self.phases = PhaseSchedule(config, phase_corpora)
         self.vocab: CharVocab = self.data.vocab
         config.model.vocab_size = len(self.vocab)
+        self.watched = list(self.corpora) if config.continual.evaluate_all else []  # val_<corpus> columns
         self.metric_columns = METRIC_COLUMNS + (
-            ["phase", *(f"val_{name}" for name in self.corpora)] if self.phases.phased else []
+            ["phase", *(f"val_{name}" for name in self.watched)] if self.phases.phased else []
         )
 
         self.model = GPT(config.model).to(self.device)
@@ -185,6 +193,8 @@ class Trainer:
             task = progress.add_task(self.config.strategy_label, total=t.steps, completed=self.step,
                                      loss="-", val="-", tps="-", events=0)  # fmt: skip
             try:
+                if self.on_phase_start and self.step < t.steps and self.phases.starts_after(self.step):
+                    self.on_phase_start(self.phases.phase_of(self.step + 1))
                 while self.step < t.steps:
                     self._train_step()
                     progress.update(task, completed=self.step, **self._progress_fields())
@@ -237,7 +247,7 @@ class Trainer:
         is_eval = self.step % t.eval_interval == 0 or is_last or self.phases.evaluates_all_at(self.step)
         corpus_losses = None
         if is_eval:  # the model as this step trained it: this step's events have not happened yet
-            val_losses = self.evaluator.val_losses()  # one pass per corpus; the current one is val_loss
+            val_losses = self.evaluator.val_losses(self.watched or [self.current_corpus])  # the current: val_loss
             tot.last_val_loss = val_losses[self.current_corpus]
             corpus_losses = val_losses if self.phases.phased else None
             self._check_learning(tot.last_val_loss)
@@ -256,6 +266,8 @@ class Trainer:
 
         if is_eval or self.step % t.log_interval == 0:
             self._write_metrics_row(lr, tot.last_val_loss if is_eval else None, corpus_losses)
+        if self.phases.ends_at(self.step) and self.on_phase_end:
+            self.on_phase_end(self.phases.phase_of(self.step))
         if self.phases.ends_at(self.step) and not is_last:
             self._end_phase()
         if self.step % t.checkpoint_interval == 0 or is_last:
@@ -282,6 +294,8 @@ class Trainer:
             {"kind": "phase", "step": self.step, "layer": None, "ended": phase.corpus, "next": following}
         )
         self._log(f"step {self.step}: phase {index + 1} ({phase.corpus}) ended; next: {following}")
+        if self.on_phase_start:
+            self.on_phase_start(index + 1)
 
     def _write_metrics_row(self, lr: float, val_loss: float | None, corpus_losses: dict[str, float] | None) -> None:
         tot = self.totals
@@ -297,7 +311,7 @@ class Trainer:
         if self.phases.phased:
             losses = corpus_losses or {}
             row += [self.phases.phase_of(self.step)]
-            row += [f"{losses[name]:.6f}" if name in losses else "" for name in self.corpora]
+            row += [f"{losses[name]:.6f}" if name in losses else "" for name in self.watched]
         self.folder.append_metrics(row)
         tot.pending_losses, tot.pending_tokens, tot.pending_time_s = [], 0, 0.0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from apoptosis.core.config import RunConfig
 from apoptosis.core.data import CharDataset, CharVocab, load_corpus
+from apoptosis.core.errors import ApoptosisError
 
 
 class PhaseSchedule:
@@ -29,16 +30,28 @@ class PhaseSchedule:
     def ends_at(self, step: int) -> bool:
         return self.phased and step % self.continual.steps_per_phase == 0
 
+    def starts_after(self, step: int) -> bool:
+        """Step ``step + 1`` is the first of a phase."""
+        return self.phased and step % self.continual.steps_per_phase == 0
+
     def evaluates_all_at(self, step: int) -> bool:
-        """Every corpus is evaluated at each phase end and ``plasticity_steps`` into each phase."""
+        """Every corpus is evaluated at each phase end and ``plasticity_steps`` into each phase
+        (never with ``continual.evaluate_all`` off)."""
         c = self.continual
-        return self.phased and (step % c.steps_per_phase in (0, c.plasticity_steps % c.steps_per_phase))
+        return (
+            self.phased and c.evaluate_all and step % c.steps_per_phase in (0, c.plasticity_steps % c.steps_per_phase)
+        )
 
 
-def load_corpora(config: RunConfig, vocab_chars: list[str] | None) -> tuple[dict[str, CharDataset], list[str]]:
+def load_corpora(
+    config: RunConfig, vocab_chars: list[str] | None, supplied: dict[str, CharDataset] | None = None
+) -> tuple[dict[str, CharDataset], list[str]]:
     """The datasets by corpus name, and the corpus of each phase. One corpus (``data.path``,
     named ``main``) unless ``continual.phases`` is set; then one vocabulary over all corpora,
-    fixed first. ``vocab_chars`` (from a checkpoint) fixes the vocabulary on resume."""
+    fixed first. ``vocab_chars`` (from a checkpoint) fixes the vocabulary on resume.
+    ``supplied`` datasets (generated ones, named by ``continual.phases``) are used as they are."""
+    if supplied is not None:
+        return supplied_corpora(config, vocab_chars, supplied)
     block, val_fraction = config.model.block_size, config.data.val_fraction
     vocab = CharVocab(vocab_chars) if vocab_chars else None
     if not config.continual.phases:
@@ -54,3 +67,18 @@ def load_corpora(config: RunConfig, vocab_chars: list[str] | None) -> tuple[dict
     vocab = vocab or union_vocab(texts.values())
     corpora = {name: CharDataset.from_text(text, block, val_fraction, vocab) for name, text in texts.items()}
     return corpora, [spec.name for spec in specs]
+
+
+def supplied_corpora(
+    config: RunConfig, vocab_chars: list[str] | None, supplied: dict[str, CharDataset]
+) -> tuple[dict[str, CharDataset], list[str]]:
+    """``supplied`` checked against the run: a dataset for every phase, one vocabulary, the
+    checkpoint's on resume."""
+    phases = config.continual.phases
+    missing = sorted(set(phases) - set(supplied))
+    if not phases or missing:
+        raise ApoptosisError(f"no dataset was supplied for phase {missing[0] if missing else '(none listed)'}")
+    vocabs = {tuple(data.vocab.chars) for data in supplied.values()}
+    if len(vocabs) != 1 or (vocab_chars is not None and vocabs != {tuple(vocab_chars)}):
+        raise ApoptosisError("the supplied datasets must share one vocabulary, the run's own")
+    return dict(supplied), list(phases)

@@ -12,12 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from apoptosis.core.config import RunConfig
 from apoptosis.core.data import CharVocab
 from apoptosis.core.errors import ApoptosisError
-from apoptosis.core.io import atomic_write_json, atomic_write_text
+from apoptosis.core.io import atomic_write_json, atomic_write_text, read_torch_file
 from apoptosis.core.model import GPT
 
 METRIC_COLUMNS = ["step", "train_loss", "val_loss", "lr", "tokens_per_s", "neurons", "events"]
@@ -137,7 +135,7 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[GPT, CharVocab
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
         raise ApoptosisError(f"no checkpoint at {path}: is {run_dir} a run folder?")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = read_torch_file(path, device, keys=("config", "model", "vocab"))
     config = RunConfig.from_dict(ckpt["config"], source=str(path))
     model = GPT(config.model).to(device)
     model.load_state_dict(ckpt["model"])
