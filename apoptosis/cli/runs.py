@@ -1,4 +1,5 @@
-"""Commands that read runs and the registry: ``strategies``, ``ages``, ``summarize``, ``events``."""
+"""Commands that read runs and the registry: ``strategies``, ``ages``, ``lineage``, ``summarize``,
+``events``."""
 
 from __future__ import annotations
 
@@ -68,6 +69,42 @@ def ages(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs/N
     from apoptosis.analysis.report import print_ages
 
     print_ages(run_dir, console)
+
+
+@app.command()
+def lineage(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder, finished or killed, e.g. runs/NAME")],
+    clades: Annotated[int, typer.Option(min=1, help="largest clades drawn per layer; the rest are grouped")] = 8,
+    out: Annotated[Path | None, typer.Option(help="where to write the PNG (default RUN_DIR/lineage.png)")] = None,
+) -> None:
+    """Muller (fish) plots of the founders' clades per layer and the family trees of the largest
+    lineages (lineage.png), and a table of the largest clades."""
+    from apoptosis.analysis.report import load_lineage
+    from apoptosis.training import read_events
+    from apoptosis.training.lineage_plots import largest_clades, plot_lineage
+    from apoptosis.training.run_plots import save_figure
+
+    history, step = load_lineage(run_dir)
+    frame = history.to_frame()
+    logged = [e for e in read_events(run_dir) if e["step"] <= step]  # a killed run's, up to its checkpoint
+    surgery = [e["step"] for e in logged if e["kind"] != "phase"]
+    phases = [e["step"] for e in logged if e["kind"] == "phase"]
+    out = out or run_dir / "lineage.png"
+    title = f"{run_dir.name}: neuron lineages to step {step}"
+    save_figure(plot_lineage(frame, step, surgery, title, phases, top=clades), out)
+    console.print(f"Lineage picture: {out}")
+    table = Table(
+        title=f"Largest clades at step {step} (top {clades} per layer)",
+        title_justify="left",
+        caption="clade: the living descendants of a founder through first parents, itself included; "
+        "generations: the deepest living one",
+        caption_justify="left",
+    )
+    for column in ("layer", "founder", "living", "share", "generations"):
+        table.add_column(column, justify="right")
+    for row in largest_clades(frame, step, clades).itertuples(index=False):
+        table.add_row(f"{row.layer}", f"{row.founder}", f"{row.living}", f"{row.share:.1%}", f"{row.generations}")
+    console.print(table if table.row_count else "No clade has two living neurons (no births, or no family survived).")
 
 
 @app.command()

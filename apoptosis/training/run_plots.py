@@ -1,4 +1,4 @@
-"""Seaborn figures of a run, written next to its data (``loss.png``, ``ages.png``)."""
+"""Seaborn figures of a run, written next to its data (``loss.png``, ``ages.png``, ``lineage.png``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from apoptosis.core.io import atomic_write  # noqa: E402
+from apoptosis.training.lineage_plots import plot_lineage  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
@@ -63,3 +64,5 @@ def plot_run(run_dir: str | Path) -> None:
     lineage = pd.read_csv(run_dir / "lineage.csv")
     step = int(metrics["step"].max()) if len(metrics) else 0
     save_figure(plot_ages(lineage, step, f"{name}: neuron ages at step {step}"), run_dir / "ages.png")
+    lineage_title = f"{name}: neuron lineages to step {step}"
+    save_figure(plot_lineage(lineage, step, surgery, lineage_title, phases), run_dir / "lineage.png")
