@@ -158,3 +158,9 @@ def test_input_errors() -> None:
         measure(fresh={"a": float("nan")})
     with pytest.raises(ApoptosisError, match="val_a at step 20 is nan"):
         measure(frame({**ROWS, 20: (float("nan"), 2.0)}))
+
+
+def test_plasticity_is_measured_a_tenth_into_a_phase_unless_told() -> None:
+    from apoptosis.continual.experiment import default_plasticity_steps
+
+    assert [default_plasticity_steps(n) for n in (1000, 5000, 50, 20, 5, 1)] == [100, 100, 5, 2, 1, 1]

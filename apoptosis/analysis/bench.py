@@ -4,12 +4,13 @@ Runs of ``none`` and the strategy alternate (none, strategy, none, strategy, ...
 config, so drift of a noisy machine hits both; the ratio of median tokens/s is the result.
 Training time includes the fitness hooks and every event. The model's FLOP/s is also set
 against the float32 matmul FLOP/s this machine reaches, to show how far from the hardware the
-small model runs.
+small model runs. Sampling is timed with and without the key/value cache, alternating too.
 """
 
 from __future__ import annotations
 
 import copy
+import resource
 import statistics
 import tempfile
 import time
@@ -49,6 +50,25 @@ def model_flops_per_token(model: GPT) -> float:
     return 6 * n + 12 * c.n_layer * c.d_model * c.block_size
 
 
+def sample_speed(model: GPT, chars: int = 500, repeats: int = 3) -> dict[str, float]:
+    """Median characters per second of ``model.generate`` from one token, with the key/value
+    cache and without it (every token re-reads the last block), in alternating runs."""
+    model.eval()
+    start = torch.zeros(1, 1, dtype=torch.long, device=next(model.parameters()).device)
+    times: dict[str, list[float]] = {"cached": [], "uncached": []}
+    for r in range(repeats):
+        for name in times:
+            began = time.perf_counter()
+            model.generate(start, chars, generator=torch.Generator().manual_seed(r), use_cache=name == "cached")
+            times[name].append(time.perf_counter() - began)
+    return {name: chars / statistics.median(t) for name, t in times.items()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _bench_config(config: RunConfig, strategy: str) -> RunConfig:
     from apoptosis.core.strategy import build_strategy
 
@@ -78,6 +98,7 @@ def run_bench(config: RunConfig, strategy: str, repeats: int, console: Console) 
                 events[name] = trainer.totals.events
                 progress.advance(task)
         flops_per_token = model_flops_per_token(trainer.model)
+        sampling = sample_speed(trainer.model, repeats=repeats)
     hardware = matmul_flops_per_s(device=config.trainer.device)
     medians = {name: statistics.median(v) for name, v in tokens_per_s.items()}
     return {
@@ -93,6 +114,11 @@ def run_bench(config: RunConfig, strategy: str, repeats: int, console: Console) 
         "model_flops_per_s": flops_per_token * medians["none"],
         "matmul_flops_per_s": hardware,
         "hardware_share": flops_per_token * medians["none"] / hardware,
+        "eager_none_tokens_per_s": medians["none"],
+        "sample_chars_per_s": sampling["cached"],
+        "sample_chars_per_s_uncached": sampling["uncached"],
+        "peak_rss_mb": peak_rss_mb(),
+        "mfu": flops_per_token * medians["none"] / hardware,
     }
 
 
@@ -115,4 +141,10 @@ def print_bench(result: dict[str, Any], console: Console) -> None:
         f"model: {result['model_flops_per_token'] / 1e6:.2f} MFLOP/token -> {result['model_flops_per_s'] / 1e9:.2f} "
         f"GFLOP/s; float32 matmul on this machine: {result['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; "
         f"share: {result['hardware_share']:.1%}"
+    )
+    speedup = result["sample_chars_per_s"] / result["sample_chars_per_s_uncached"]
+    console.print(
+        f"sampling 500 chars: {result['sample_chars_per_s']:,.0f} chars/s with the key/value cache, "
+        f"{result['sample_chars_per_s_uncached']:,.0f} without ({speedup:.1f}x); "
+        f"peak memory {result['peak_rss_mb']:,.0f} MB"
     )

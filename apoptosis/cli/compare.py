@@ -50,8 +50,12 @@ def continual(
     ] = "shakespeare,python,shakespeare",
     steps_per_phase: Annotated[int, typer.Option(help="training steps of each phase")] = 1000,
     plasticity_steps: Annotated[
-        int, typer.Option(help="K: every corpus is measured K steps into each phase (plasticity)")
-    ] = 100,
+        int | None,
+        typer.Option(
+            help="K: every corpus is measured K steps into each phase (plasticity); default: a tenth of the "
+            "phase, at most 100"
+        ),
+    ] = None,
     strategy: Annotated[
         str | None, typer.Option(help="one method, e.g. standard, replay or standard+stability_first")
     ] = None,
@@ -73,6 +77,7 @@ def continual(
         continual_config,
         continual_tables,
         corpora_of,
+        default_plasticity_steps,
         phases_table,
         run_continual,
     )
@@ -83,6 +88,8 @@ def continual(
     sets, other_sets = split_set_options(set_)
     if steps_per_phase < 1:
         raise ApoptosisError(f"--steps-per-phase must be >= 1, got {steps_per_phase}")
+    if plasticity_steps is None:
+        plasticity_steps = default_plasticity_steps(steps_per_phase)
     if not 1 <= plasticity_steps <= steps_per_phase:
         raise ApoptosisError(f"--plasticity-steps must be in 1..{steps_per_phase} (--steps-per-phase)")
     base = build_config(config, "none", "", None, None, None, device, other_sets)

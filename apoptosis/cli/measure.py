@@ -9,6 +9,7 @@ import typer
 
 from apoptosis.cli.app import SetOption, app, build_config, console
 from apoptosis.core.errors import ApoptosisError
+from apoptosis.core.io import atomic_write_json
 
 
 @app.command()
@@ -17,6 +18,7 @@ def bench(
     repeats: Annotated[int, typer.Option(help="alternating runs per strategy")] = 3,
     strategy: Annotated[str, typer.Option(help="strategy measured against none")] = "standard",
     set_: SetOption = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="also write the figures to this file")] = None,
 ) -> None:
     """Throughput of `none` against a strategy (same config, alternating runs) and the model's
     FLOP/s as a share of this machine's float32 matmul FLOP/s. Unless set, the strategy's
@@ -28,6 +30,9 @@ def bench(
     config = build_config(None, strategy, None, steps, None, None, None, set_)
     result = run_bench(config, strategy=strategy, repeats=repeats, console=console)
     print_bench(result, console)
+    if json_path is not None:
+        atomic_write_json(json_path, result)
+        console.print(f"figures written to {json_path}")
 
 
 @app.command("fitness-check")

@@ -35,6 +35,12 @@ def spec_text(spec: PhaseSpec) -> str:
     return spec.name if spec.name in BUILTIN_CORPORA else f"{spec.name}={Path(spec.source).resolve()}"
 
 
+def default_plasticity_steps(steps_per_phase: int) -> int:
+    """How far into a phase plasticity is measured when not told: early enough to show how fast
+    the phase's corpus is learned (a tenth of the phase), at most 100 steps."""
+    return max(1, min(100, steps_per_phase // 10))
+
+
 def continual_config(base: RunConfig, phases: str, steps_per_phase: int, plasticity_steps: int) -> RunConfig:
     """``base`` trained through ``phases`` (e.g. ``shakespeare,python,shakespeare``), each
     ``steps_per_phase`` steps long."""

@@ -99,7 +99,7 @@ class TrainerConfig:
 
 @dataclass
 class FitnessConfig:
-    metric: str = "grad_activation"
+    metric: str = "taylor_signed"  # the best predictor of a removal's cost: EXPERIMENT_LOG 2026-12-02
     ema_decay: float = 0.99
 
     def validate(self) -> None:

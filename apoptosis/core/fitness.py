@@ -119,7 +119,7 @@ class Taylor(TaylorSigned):
 class FitnessTracker:
     """Per-layer moving averages of a metric, kept aligned with neuron slots through surgery."""
 
-    def __init__(self, model: GPT, metric: str = "grad_activation", ema_decay: float = 0.99, seed: int = 0) -> None:
+    def __init__(self, model: GPT, metric: str = "taylor_signed", ema_decay: float = 0.99, seed: int = 0) -> None:
         self.model = model
         self.metric: FitnessMetric = FITNESS_METRICS.get(metric)()
         self.ema_decay = ema_decay

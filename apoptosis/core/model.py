@@ -33,13 +33,19 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(config.d_model, config.d_model)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``cache`` (generation only): this layer's keys and values of the earlier positions,
+        extended in place; ``x`` then holds the new positions only."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, C/H)
+        if cache is not None:
+            if cache:
+                k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)  # (B, H, T_all, C/H)
+            cache[:] = [k, v]
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, T, C/H)
+            q, k, v, is_causal=T > 1, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, T, C/H); one new position (T = 1) sees every cached one
         return self.out(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
@@ -87,8 +93,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config.d_model, mlp_width, config.dropout, config.activation)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache: list[torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -144,6 +150,16 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
+    def last_logits(self, idx: torch.Tensor, caches: list[list[torch.Tensor]], start: int) -> torch.Tensor:
+        """(B, vocab) logits after the last of ``idx`` (B, T), the tokens at positions
+        ``start..start+T-1``, the earlier ones being in ``caches`` (one list per block)."""
+        T = idx.size(1)
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for block, cache in zip(self.blocks, caches, strict=True):
+            x = block(x, cache)
+        return self.head(self.ln_f(x[:, -1, :]))  # (B, vocab): the head for the last position only
+
     @torch.no_grad()
     def generate(
         self,
@@ -152,19 +168,45 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        use_cache: bool = True,
     ) -> torch.Tensor:
-        """Sample ``max_new_tokens`` tokens after the context ``idx`` (B, T)."""
+        """Sample ``max_new_tokens`` tokens after the context ``idx`` (B, T).
+
+        With ``use_cache`` each new token costs one position's forward pass: keys and values of
+        the earlier positions are kept. Positions are absolute, so when the context fills the
+        block, generation goes on from its last ``block_size // 2`` tokens, encoded afresh at
+        positions 0.. (a context shift); the context a token sees is then between half and the
+        whole block. Without the cache every token re-reads the last ``block_size`` tokens (a
+        sliding window, ``block_size`` positions per token). Sampling draws from ``generator``
+        on its own device (the CPU by default), so a seed gives the same text on any device."""
+        block = self.config.block_size
+        caches: list[list[torch.Tensor]] = []
+        filled = 0
         for _ in range(max_new_tokens):
-            context = idx[:, -self.config.block_size :]
-            logits, _ = self(context)
-            logits = logits[:, -1, :] / max(temperature, 1e-6)
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
-            probs = F.softmax(logits, dim=-1).cpu()
-            nxt = torch.multinomial(probs, 1, generator=generator).to(idx.device)
-            idx = torch.cat((idx, nxt), dim=1)
+            if not use_cache:
+                logits = self.last_logits(idx[:, -block:], [None] * len(self.blocks), 0)
+            elif caches and filled < block:
+                logits = self.last_logits(idx[:, -1:], caches, filled)
+                filled += 1
+            else:  # first token, or the block is full: encode the (last part of the) context afresh
+                context = idx[:, -(block if not caches else block // 2) :]
+                caches = [[] for _ in self.blocks]
+                logits = self.last_logits(context, caches, 0)
+                filled = context.size(1)
+            idx = torch.cat((idx, self._sample(logits, temperature, top_k, generator).to(idx.device)), dim=1)
         return idx
+
+    @staticmethod
+    def _sample(
+        logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """(B, 1) token ids drawn from ``logits`` (B, vocab) on the generator's device."""
+        logits = logits / max(temperature, 1e-6)
+        if top_k is not None:
+            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+            logits[logits < v[:, [-1]]] = -float("inf")
+        device = generator.device if generator is not None else logits.device
+        return torch.multinomial(F.softmax(logits, dim=-1).to(device), 1, generator=generator)
 
 
 @torch.no_grad()
