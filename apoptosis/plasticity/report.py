@@ -1,0 +1,120 @@
+"""The benchmark's table and plots, from plasticity.csv's rows (one per method, seed and task).
+
+The table summarises where plasticity shows: the last tasks. For each seed the measures are
+averaged over the last ``last`` tasks, then over seeds, with a 95% t interval over the seeds
+(scipy); each method's training time per task is set against ``none``'s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich import box
+from rich.table import Table
+from scipy import stats
+
+BASELINE = "none"
+MEASURES = {  # column -> format in the tables
+    "excess_loss": ".3f",
+    "probe_loss": ".3f",
+    "fresh_probe_loss": ".3f",
+    "dormant_fraction": ".2f",
+    "effective_rank": ".1f",
+    "weight_norm": ".1f",
+}
+
+
+def half_width(values: pd.Series, level: float = 0.95) -> float:
+    """Half the width of the t interval of the mean (nan below 2 values, 0 without spread)."""
+    values = values.dropna()
+    if len(values) < 2:
+        return float("nan")
+    if values.std() == 0:
+        return 0.0
+    low, _ = stats.t.interval(level, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    return float(values.mean() - low)
+
+
+def last_task_stats(frame: pd.DataFrame, last: int) -> pd.DataFrame:
+    """Per method (in the order of the rows): seeds, and for every measure and the training
+    seconds per task the mean over seeds of each seed's mean over the last ``last`` tasks, with
+    the half-width of its 95% t interval over seeds (``<measure>_ci``)."""
+    tail = frame[frame["task"] > frame["task"].max() - last]
+    columns = [*MEASURES, "train_seconds"]
+    per_seed = tail.groupby(["method", "seed"], sort=False)[columns].mean()
+    rows = []
+    for method, group in per_seed.groupby(level="method", sort=False):
+        row: dict[str, object] = {"method": method, "seeds": len(group)}
+        for column in columns:
+            row[column], row[f"{column}_ci"] = group[column].mean(), half_width(group[column])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def results_tables(frame: pd.DataFrame, last: int, title: str) -> list[Table]:
+    """The last tasks' means ± 95% intervals per method in two tables that fit 80 columns: the
+    losses with each method's extra time, then the state of the network."""
+    summary = last_task_stats(frame, last)
+    baseline = summary.set_index("method")["train_seconds"].get(BASELINE)
+    tasks = int(frame["task"].max())
+    heading = f"{title}\nmeans over the last {min(last, tasks)} of {tasks} tasks, ± 95% t interval over seeds"
+    losses = _table(
+        f"{heading}: losses",
+        "excess: held-out loss over the task's floor at its end; probe, fresh: excess on a new task after the "
+        "probe's steps from the weights the task starts with, from a new network; extra: time per task "
+        f"against {BASELINE}",
+        ["method", "seeds", "excess", "probe", "fresh", "s/task", "extra"],
+    )
+    state = _table(
+        "the network at each task's end (the same means)",
+        "dormant: share of hidden units at most 0.01 on every token; eff.rank: of the hidden activations "
+        "(mean over layers); |w|: weight norm",
+        ["method", "dormant", "eff.rank", "|w|"],
+    )
+    for row in summary.to_dict("records"):
+        cells = {m: _mean_ci(row[m], row[f"{m}_ci"], fmt) for m, fmt in MEASURES.items()}
+        seconds = row["train_seconds"]
+        extra = "-" if baseline is None or row["method"] == BASELINE else f"{100 * (seconds / baseline - 1):+.0f}%"
+        losses.add_row(str(row["method"]), str(row["seeds"]), cells["excess_loss"], cells["probe_loss"],
+                       cells["fresh_probe_loss"], f"{seconds:.1f}", extra)  # fmt: skip
+        state.add_row(str(row["method"]), cells["dormant_fraction"], cells["effective_rank"], cells["weight_norm"])
+    return [losses, state]
+
+
+def _table(title: str, caption: str, headings: list[str]) -> Table:
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)  # fmt: skip
+    for i, heading in enumerate(headings):
+        table.add_column(heading, justify="left" if i == 0 else "right", no_wrap=True)
+    return table
+
+
+def _mean_ci(mean: float, ci: float, fmt: str) -> str:
+    if pd.isna(mean):
+        return "-"
+    return format(mean, fmt) if np.isnan(ci) else f"{format(mean, fmt)}±{format(ci, fmt)}"
+
+
+def plot_benchmark(frame: pd.DataFrame, out_dir: Path) -> None:
+    """``plasticity.png``: per task, one line per method (mean over seeds, 95% bootstrap band):
+    excess loss, probe loss (the fresh network's dashed), dormant fraction, effective rank and
+    weight norm."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from apoptosis.training.run_plots import save_figure
+
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8), layout="constrained")
+    panels = ["excess_loss", "probe_loss", "dormant_fraction", "effective_rank", "weight_norm"]
+    for ax, column in zip(axes.flat, panels, strict=False):
+        data = frame.dropna(subset=[column])
+        sns.lineplot(data=data, x="task", y=column, hue="method", errorbar=("ci", 95), marker=".", ax=ax)
+        ax.set_title(column.replace("_", " "))
+    fresh = frame.dropna(subset=["fresh_probe_loss"]).groupby("task")["fresh_probe_loss"].mean()
+    axes[0, 1].plot(fresh.index, fresh.to_numpy(), color="black", linestyle="--", label="fresh network")
+    axes[0, 1].legend()
+    axes[1, 2].axis("off")
+    fig.suptitle("plasticity over tasks (mean over seeds per method)")
+    save_figure(fig, out_dir / "plasticity.png")
