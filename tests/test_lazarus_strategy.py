@@ -170,3 +170,30 @@ def test_cli_then_and_compare_with_a_follower(tmp_path: Path) -> None:
         assert result.returncode == 2 and message in result.stderr
     result = run_cli(["compare", "--strategies", "standard", "--set", "then.steps=2", "--name", "d", *tiny], tmp_path)
     assert result.returncode == 2 and "no compared follower (A+B) has parameter 'steps'" in result.stderr
+
+
+def test_the_input_pool_samples_once_per_refresh_and_without_a_pool_every_step(monkeypatch) -> None:
+    from apoptosis.lazarus import recovery
+
+    torch.manual_seed(0)
+    model = GPT(tiny_model_config()).eval()
+    sampled = []
+    real_generate = GPT.generate
+    monkeypatch.setattr(
+        GPT, "generate", lambda self, idx, n, **kw: sampled.append(len(idx)) or real_generate(self, idx, n, **kw)
+    )
+    g = torch.Generator().manual_seed(0)
+    pool = recovery.InputPool(batch_size=4, seq_len=8, sampled_fraction=0.5, refresh_every=5, size=6)
+    batches = [pool.inputs(model, step, g) for step in range(1, 11)]
+    assert sampled == [6, 6]  # steps 1 and 6: six sequences each, never one per step
+    assert all(b.shape == (4, 8) for b in batches)
+    pool_rows = {tuple(r) for r in pool.pool.tolist()}
+    assert all(tuple(r) in pool_rows for r in batches[-1][:2].tolist())  # sampled rows come from the pool
+    sampled.clear()
+    every_step = recovery.InputPool(batch_size=4, seq_len=8, sampled_fraction=0.5)
+    for step in range(1, 4):
+        x = every_step.inputs(model, step, torch.Generator().manual_seed(step))
+        torch.testing.assert_close(
+            x, recovery.recovery_inputs(model, model.config.vocab_size, 4, 8, torch.Generator().manual_seed(step))
+        )
+    assert len(sampled) == 6  # three steps, each sampling anew (and the reference three times)

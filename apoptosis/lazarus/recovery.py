@@ -86,6 +86,41 @@ def recovery_inputs(
     return torch.cat(rows)
 
 
+class InputPool:
+    """Recovery inputs drawn from a pool of self-generated sequences, made afresh every
+    ``refresh_every`` steps (0: once, at the first step) instead of sampled anew each step:
+    sampling a sequence costs a forward pass per token, a training step only one per sequence.
+    Each step takes its sampled rows at random from the pool; the random-token rows are always new.
+    ``refresh_every=1`` with ``size`` equal to the sampled rows of one batch is the per-step
+    sampling of :func:`recovery_inputs`, draw for draw."""
+
+    def __init__(
+        self, batch_size: int, seq_len: int, sampled_fraction: float, refresh_every: int = 1, size: int = 0
+    ) -> None:
+        self.batch_size, self.seq_len, self.refresh_every = batch_size, seq_len, refresh_every
+        self.sampled_fraction = sampled_fraction
+        self.n_sampled = round(batch_size * sampled_fraction)
+        self.size = max(size, self.n_sampled)
+        self.pool: torch.Tensor | None = None
+
+    def inputs(self, model: GPT, step: int, generator: torch.Generator) -> torch.Tensor:
+        """(batch_size, seq_len) token ids for recovery step ``step`` (1-based)."""
+        vocab = model.config.vocab_size
+        due = self.pool is None or (self.refresh_every > 0 and (step - 1) % self.refresh_every == 0)
+        if self.size == self.n_sampled and self.refresh_every == 1:  # no pool: exactly recovery_inputs
+            return recovery_inputs(model, vocab, self.batch_size, self.seq_len, generator, self.sampled_fraction)
+        if due and self.n_sampled:
+            self.pool = recovery_inputs(model, vocab, self.size, self.seq_len, generator, sampled_fraction=1.0)
+        device = next(model.parameters()).device
+        rows = []
+        if self.n_sampled:
+            rows.append(self.pool[torch.randperm(self.size, generator=generator)[: self.n_sampled].to(device)])
+        if self.batch_size - self.n_sampled:
+            shape = (self.batch_size - self.n_sampled, self.seq_len)
+            rows.append(torch.randint(vocab, shape, generator=generator).to(device))
+        return torch.cat(rows)
+
+
 def sequence_length(seq_len: int, model: GPT, owner: str) -> int:
     """A strategy's ``seq_len`` setting (0: the model's block size), checked against the model."""
     block_size = model.config.block_size
@@ -164,9 +199,11 @@ def recover(
     seq_len: int | None = None,
     sampled_fraction: float = 0.5,
     progress: Progress | None = None,
+    pool: InputPool | None = None,
 ) -> list[dict[str, float]]:
     """Adam on ``student`` for ``steps`` steps of the Lazarus loss against the frozen ``teacher``;
-    returns each step's loss terms. No training data is read.
+    returns each step's loss terms. No training data is read. Inputs come from ``pool`` (default:
+    sampled afresh every step).
 
     ``frozen`` keeps the weights masked off in ``masks`` at exactly zero (gradients masked, masks
     re-applied after every step); ``regrow`` lets every weight move. Works on a live model: the
@@ -189,10 +226,11 @@ def recover(
     params = dict(student.named_parameters())
     if frozen:
         apply_masks(student, frozen)
+    pool = pool or InputPool(batch_size, seq_len, sampled_fraction)
     history = []
     try:
         for step in range(1, steps + 1):
-            x = recovery_inputs(student, student.config.vocab_size, batch_size, seq_len, generator, sampled_fraction)
+            x = pool.inputs(student, step, generator)
             loss, parts = lazarus_loss(student, teacher, x, weights, generator, frozen)
             if not math.isfinite(parts["total"]):
                 raise ApoptosisError(f"the recovery loss became {parts['total']} at step {step}: lower --lr")

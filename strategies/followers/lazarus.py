@@ -2,7 +2,12 @@
 few steps of data-free Lazarus recovery: the v3 loss on sequences the model samples itself and
 on random sequences, never on training text. The teacher is the model as it was just before the
 event (``anchor = "before"``: the surgery is distilled back towards the function it disturbed),
-or a frozen copy of the model just after it (``"after"``: the write-up's self-anchoring)."""
+or a frozen copy of the model just after it (``"after"``: the write-up's self-anchoring).
+
+The self-generated sequences come from a pool sampled once per event (``pool_size`` sequences;
+``pool_refresh`` K samples a new pool every K steps): sampling costs a forward pass per token,
+so sampling anew at every step made the follower cost several times the training it follows.
+``pool_size=0, pool_refresh=1`` samples every step, as before 2026-12-02."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from apoptosis.core.model import frozen_copy
 from apoptosis.core.params import StrategyParams, param
 from apoptosis.core.registry import register_strategy
 from apoptosis.core.strategy import Event, Strategy, TrainingContext
-from apoptosis.lazarus.recovery import LossWeights, recover, sequence_length
+from apoptosis.lazarus.recovery import InputPool, LossWeights, recover, sequence_length
 
 
 @dataclass
@@ -32,6 +37,12 @@ class LazarusParams(StrategyParams):
     )
     sampled_fraction: float = param(
         0.5, low=0.0, high=1.0, search=(0.0, 1.0), help="share of sequences sampled from the model (rest random)"
+    )
+    pool_size: int = param(
+        32, low=0, high=100_000, searched=False, help="self-generated sequences sampled per refresh (0: one batch's)"
+    )
+    pool_refresh: int = param(
+        0, low=0, high=100_000, searched=False, help="steps between refreshes of the pool (0: once per event)"
     )
 
     def __post_init__(self) -> None:
@@ -58,6 +69,7 @@ class Lazarus(Strategy):
     def on_event_end(self, ctx: TrainingContext, event: Event) -> None:
         p = self.params
         teacher = event.model_before if p.anchor == "before" else frozen_copy(ctx.model)
+        seq_len = sequence_length(p.seq_len, ctx.model, self.name)
         history = recover(
             ctx.model,
             teacher,
@@ -67,7 +79,8 @@ class Lazarus(Strategy):
             mode="regrow",  # masked neurons stay masked by their gates; every weight may move
             lr=p.lr,
             batch_size=p.batch_size,
-            seq_len=sequence_length(p.seq_len, ctx.model, self.name),
+            seq_len=seq_len,
             sampled_fraction=p.sampled_fraction,
+            pool=InputPool(p.batch_size, seq_len, p.sampled_fraction, p.pool_refresh, p.pool_size),
         )
         ctx.log(f"lazarus: {p.steps} steps, loss {history[0]['total']:.4f} -> {history[-1]['total']:.4f}")
