@@ -27,6 +27,7 @@ from apoptosis.lazarus.damage import (
     noised_parameters,
     prunable_weights,
 )
+from apoptosis.lazarus.inputs import recovery_inputs
 from apoptosis.lazarus.recovery import (
     LossWeights,
     RecoverySettings,
@@ -37,7 +38,6 @@ from apoptosis.lazarus.recovery import (
     recover,
     recover_copy,
     recovery_fraction,
-    recovery_inputs,
 )
 from apoptosis.training import Trainer, load_model
 from tests.conftest import tiny_run_config

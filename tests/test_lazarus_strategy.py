@@ -173,7 +173,7 @@ def test_cli_then_and_compare_with_a_follower(tmp_path: Path) -> None:
 
 
 def test_the_input_pool_samples_once_per_refresh_and_without_a_pool_every_step(monkeypatch) -> None:
-    from apoptosis.lazarus import recovery
+    from apoptosis.lazarus import inputs as recovery
 
     torch.manual_seed(0)
     model = GPT(tiny_model_config()).eval()

@@ -18,7 +18,8 @@ from apoptosis.core.model import frozen_copy
 from apoptosis.core.params import StrategyParams, param
 from apoptosis.core.registry import register_strategy
 from apoptosis.core.strategy import Event, Strategy, TrainingContext
-from apoptosis.lazarus.recovery import InputPool, LossWeights, recover, sequence_length
+from apoptosis.lazarus.inputs import InputPool, sequence_length
+from apoptosis.lazarus.recovery import LossWeights, recover
 
 
 @dataclass

@@ -19,7 +19,7 @@ from apoptosis.core.model import GPT, frozen_copy
 from apoptosis.core.params import StrategyParams, param
 from apoptosis.core.registry import register_strategy
 from apoptosis.core.strategy import Phase, Strategy, TrainingContext
-from apoptosis.lazarus.recovery import recovery_inputs, sequence_length
+from apoptosis.lazarus.inputs import recovery_inputs, sequence_length
 
 
 @dataclass
