@@ -28,11 +28,16 @@ def train(
     set_: SetOption = None,
     resume: Annotated[bool, typer.Option(help="continue the run --name from its last checkpoint")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar or summary tables")] = False,
+    tensorboard: Annotated[
+        bool, typer.Option(help="also write TensorBoard logs to RUN/tensorboard/ (pip install tensorboard)")
+    ] = False,
 ) -> None:
     """Train the char-level transformer with an apoptosis strategy; write runs/NAME/."""
     from apoptosis.analysis.report import print_ages, summary_table
     from apoptosis.training import Trainer
 
+    if tensorboard:  # the same as --set trainer.tensorboard=true
+        set_ = [*(set_ or []), "trainer.tensorboard=true"]
     if resume:
         if name is None:
             raise ApoptosisError("--resume needs --name RUN (the run folder to continue)")

@@ -82,6 +82,7 @@ class TrainerConfig:
     checkpoint_interval: int = 250
     seed: int = 1337
     device: str = "cpu"
+    tensorboard: bool = False  # also write TensorBoard scalars and age histograms to RUN/tensorboard/
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "eval_interval", "eval_batches", "log_interval", "checkpoint_interval"):

@@ -135,6 +135,11 @@ class Trainer:
             self.folder.truncate_to(self.step, self.metric_columns)
         else:
             self.folder.start(config, self.vocab, self.metric_columns)
+        if t.tensorboard:
+            from apoptosis.training.tensorboard_log import TensorBoardLog  # an optional package
+
+            resumed_at = self.step if checkpoint is not None else None
+            self.folder.mirror = TensorBoardLog(self.run_dir, self.lineage, resumed_at)
         self.events = EventRunner(
             self.model, self.populations, self.lineage, self.fitness, self.folder,
             totals=lambda: self.totals, probe_loss=self.probe_loss, log=self._log,

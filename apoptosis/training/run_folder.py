@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from apoptosis.core.config import RunConfig
 from apoptosis.core.data import CharVocab
@@ -22,10 +22,20 @@ METRIC_COLUMNS = ["step", "train_loss", "val_loss", "lr", "tokens_per_s", "neuro
 CHECKPOINT = Path("checkpoints") / "last.pt"
 
 
+class RunMirror(Protocol):
+    """Something that records a run's metrics rows and events elsewhere as they are written."""
+
+    def metrics(self, columns: list[str], row: list[Any]) -> None: ...
+    def event(self, record: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
 class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = None
+        self.metric_columns: list[str] = []
+        self.mirror: RunMirror | None = None  # e.g. TensorBoard: sees every row and event written
 
     def claim(self) -> None:
         """Hold an exclusive lock on the folder for the run's life (released by ``release`` or when
@@ -43,6 +53,9 @@ class RunFolder:
         self._lock = handle
 
     def release(self) -> None:
+        if self.mirror is not None:
+            self.mirror.close()
+            self.mirror = None
         if self._lock is not None:
             self._lock.close()  # closing the file drops the lock
             self._lock = None
@@ -66,13 +79,18 @@ class RunFolder:
         atomic_write_text(self.path / "config.toml", config.to_toml())
         atomic_write_json(self.path / "vocab.json", vocab.chars)
         atomic_write_text(self.path / "metrics.csv", ",".join(metric_columns) + "\n")
+        self.metric_columns = metric_columns
         atomic_write_text(self.path / "events.jsonl", "")
 
     def append_metrics(self, row: list[Any]) -> None:
         self._append("metrics.csv", ",".join(map(str, row)))
+        if self.mirror is not None:
+            self.mirror.metrics(self.metric_columns, row)
 
     def append_event(self, record: dict[str, Any]) -> None:
         self._append("events.jsonl", json.dumps(record))
+        if self.mirror is not None:
+            self.mirror.event(record)
 
     def _append(self, name: str, line: str) -> None:
         with open(self.path / name, "a", encoding="utf-8") as f:
@@ -81,6 +99,7 @@ class RunFolder:
     def truncate_to(self, step: int, metric_columns: list[str]) -> None:
         """After a resume: drop metric rows and events written after the checkpoint's step (and
         lines a kill cut short)."""
+        self.metric_columns = metric_columns
         metrics = self.path / "metrics.csv"
         lines = metrics.read_text(encoding="utf-8").splitlines()
         width = len(metric_columns)
