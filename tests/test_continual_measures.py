@@ -164,3 +164,39 @@ def test_plasticity_is_measured_a_tenth_into_a_phase_unless_told() -> None:
     from apoptosis.continual.experiment import default_plasticity_steps
 
     assert [default_plasticity_steps(n) for n in (1000, 5000, 50, 20, 5, 1)] == [100, 100, 5, 2, 1, 1]
+
+
+def test_the_continual_tables_fit_80_columns_with_whole_words() -> None:
+    import pandas as pd
+    from rich.console import Console
+
+    from apoptosis.continual.experiment import continual_tables, phases_table
+
+    method = "standard+stability_first"
+    per_phase = pd.DataFrame(
+        {"method": [method] * 3, "seed": [1] * 3, "index": [0, 1, 2], "corpus": ["shakespeare", "python", "shakespeare"],
+         "own_loss_at_end": [1.91, 1.52, 1.88], "plasticity_ratio": [1.0, 0.93, 0.88],
+         "forgetting_next": [0.512, 0.1, None], "reconsolidation_steps": [None, None, 120.0]}
+    )  # fmt: skip
+    table = pd.DataFrame(
+        {"method": [method] * 2, "seed": [1, 2], "forgetting_mean": [0.512, 0.498],
+         "plasticity_ratio_mean": [0.93, 0.95], "plasticity_ratio_slope": [-0.051, -0.04],
+         "reconsolidation_steps_mean": [120.0, 140.0], "reconsolidation_not_reached": [0, 1],
+         "final_val_shakespeare": [1.88, 1.9], "final_val_python": [1.6, 1.62], "final_val_mean": [1.74, 1.76]}
+    )  # fmt: skip
+    console = Console(width=80, record=True)
+    for printed in [phases_table(per_phase, "c"), *continual_tables(table, ["shakespeare", "python"], "c")]:
+        console.print(printed)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text  # no header or name cut short
+    for word in (
+        "standard +",
+        "stability_first",
+        "forgetting",
+        "plasticity",
+        "reconsolidation",
+        "shakespeare",
+        "not back",
+    ):
+        assert word in text

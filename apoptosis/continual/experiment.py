@@ -144,7 +144,8 @@ def run_continual(
 
 
 def _mean_interval(values: pd.Series, fmt: str) -> str:
-    """``mean ± half-width of the 95% t-interval`` over seeds (just the mean for one seed)."""
+    """The mean over seeds, and under it ``± half-width of the 95% t-interval`` (just the mean for
+    one seed): two short lines keep a table of several measures within 80 columns."""
     values = values.dropna().astype(float)
     if values.empty:
         return "-"
@@ -152,9 +153,31 @@ def _mean_interval(values: pd.Series, fmt: str) -> str:
     if len(values) < 2:
         return format(mean, fmt)
     if values.std() == 0:
-        return f"{format(mean, fmt)} ± {format(0.0, fmt.lstrip('+'))}"
+        return f"{format(mean, fmt)}\n± {format(0.0, fmt.lstrip('+'))}"
     low, _ = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=stats.sem(values))
-    return f"{format(mean, fmt)} ± {format(mean - low, fmt.lstrip('+'))}"
+    return f"{format(mean, fmt)}\n± {format(mean - low, fmt.lstrip('+'))}"
+
+
+def _add_columns(table: Table, headers: list[str], left: tuple[int, ...]) -> None:
+    """Headers of several words wrap between them (a number and its sign fit in 7 columns)."""
+    for i, header in enumerate(headers):
+        longest = max(len(w) for w in header.split())
+        table.add_column(
+            header, justify="left" if i in left else "right", max_width=max(longest, 7) if " " in header else None
+        )
+
+
+def _whole_words(table: Table) -> Table:
+    """No word is ever cut: each column is at least as wide as the longest word in it (a method
+    ``a+b`` is written ``a + b``, so it can wrap after the ``+``)."""
+    for column in table.columns:
+        words = [w for text in (str(column.header), *map(str, column._cells)) for w in text.split()]
+        column.min_width = max(map(len, words), default=1)
+    return table
+
+
+def _method_label(method: str) -> str:
+    return method.replace("+", " + ")
 
 
 def continual_tables(table: pd.DataFrame, corpora: list[str], title: str) -> list[Table]:
@@ -163,49 +186,54 @@ def continual_tables(table: pd.DataFrame, corpora: list[str], title: str) -> lis
     measures = Table(
         title=f"{title}: measures (mean ± 95% t-interval over seeds)",
         title_justify="left",
+        pad_edge=False,
         caption="forgetting > 0: worse on the old corpus after the next phase\n"
-        "plasticity < 1: learns a phase's corpus faster than a fresh model; slope: change per phase\n"
-        "reconsolidation: steps until a returning corpus is back at its earlier loss",
+        "plasticity < 1: learns a phase's corpus faster than a fresh model;\n"
+        "slope: plasticity's change per phase\n"
+        "steps back (reconsolidation): steps until a returning corpus is back at\n"
+        "its earlier loss (n not back: seeds where it never was)",
         caption_justify="left",
     )
     finals = Table(title=f"{title}: final validation loss (mean ± 95% t-interval over seeds)", title_justify="left")
-    width = max(6, *(len(str(m)) for m in table["method"]))  # method names are never squeezed away
-    for i, column in enumerate(["method", "seeds", "forgetting", "plasticity", "plast. slope", "reconsolidation"]):
-        measures.add_column(column, justify="left" if i == 0 else "right", min_width=width if i == 0 else None)
-    for i, column in enumerate(["method", *corpora, "mean"]):
-        finals.add_column(column, justify="left" if i == 0 else "right", min_width=width if i == 0 else None)
+    _add_columns(measures, ["method", "seeds", "forgetting", "plasticity", "slope", "steps back"], (0,))
+    _add_columns(finals, ["method", *corpora, "mean"], (0,))
     for method, group in table.groupby("method", sort=False):
         not_reached = int(group["reconsolidation_not_reached"].fillna(0).sum())
         reconsolidation = _mean_interval(group["reconsolidation_steps_mean"], ".0f")
         measures.add_row(
-            str(method),
+            _method_label(str(method)),
             str(len(group)),
             _mean_interval(group["forgetting_mean"], "+.3f"),
             _mean_interval(group["plasticity_ratio_mean"], ".3f"),
             _mean_interval(group["plasticity_ratio_slope"], "+.3f"),
-            reconsolidation + (f" ({not_reached} not back)" if not_reached else ""),
+            reconsolidation + (f"\n({not_reached} not back)" if not_reached else ""),
         )
         finals.add_row(
-            str(method),
+            _method_label(str(method)),
             *(_mean_interval(group[f"final_val_{c}"], ".4f") for c in corpora),
             _mean_interval(group["final_val_mean"], ".4f"),
         )
-    return [measures, finals]
+    return [_whole_words(measures), _whole_words(finals)]
 
 
 def phases_table(per_phase: pd.DataFrame, title: str) -> Table:
     """Per method and phase, means over seeds: how each measure moves from switch to switch."""
-    table = Table(title=f"{title}: per phase (means over seeds)", title_justify="left")
-    columns = ["method", "phase", "corpus", "loss at end", "plasticity", "forgetting next", "reconsolidation"]
-    for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i in (0, 2) else "right")
+    table = Table(
+        title=f"{title}: per phase (means over seeds)",
+        title_justify="left",
+        pad_edge=False,
+        caption="steps back: steps until a returning corpus is back at its earlier loss",
+        caption_justify="left",
+    )
+    columns = ["method", "phase", "corpus", "loss at end", "plasticity", "forgetting next", "steps back"]
+    _add_columns(table, columns, (0, 2))
     measures = ["own_loss_at_end", "plasticity_ratio", "forgetting_next", "reconsolidation_steps"]
     formats = [".3f", ".3f", "+.3f", ".0f"]
     for (method, index), rows in per_phase.groupby(["method", "index"], sort=False):
         means = rows[measures].astype(float).mean()
         cells = ["-" if pd.isna(means[m]) else format(means[m], f) for m, f in zip(measures, formats, strict=True)]
-        table.add_row(str(method), str(index + 1), str(rows["corpus"].iloc[0]), *cells)
-    return table
+        table.add_row(_method_label(str(method)), str(index + 1), str(rows["corpus"].iloc[0]), *cells)
+    return _whole_words(table)
 
 
 def plot_continual(runs: list[PlannedRun], per_phase: pd.DataFrame, out_dir: Path) -> None:
