@@ -17,10 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from apoptosis.core.config import RunConfig
 from apoptosis.core.data import CharDataset, CharVocab
@@ -35,6 +34,8 @@ from apoptosis.training.checkpoint import read_checkpoint, restore_checkpoint, s
 from apoptosis.training.evaluation import Evaluator
 from apoptosis.training.events import EventRunner
 from apoptosis.training.phases import PhaseSchedule, load_corpora
+from apoptosis.training.progress import PROGRESS_COLUMNS, progress_fields
+from apoptosis.training.run_checks import not_learning, warn, why_no_events
 from apoptosis.training.run_folder import METRIC_COLUMNS, RunFolder
 from apoptosis.training.schedule import build_optimizer, lr_at
 from apoptosis.training.summary import run_summary
@@ -89,7 +90,7 @@ class Trainer:
                 raise ApoptosisError(
                     f"run folder {self.run_dir} already holds a run: pass --resume to continue it, or another --name"
                 )
-            self.warn(f"replacing {self.run_dir}: it holds a run that stopped before its first checkpoint")
+            warn(f"replacing {self.run_dir}: it holds a run that stopped before its first checkpoint")
             self.folder.clear()
         self.config = config
         t = config.trainer
@@ -159,7 +160,7 @@ class Trainer:
             self.events.follow_with(self.follower, self.follower_ctx)
         self.no_events_reason = why_no_events(config)
         if self.no_events_reason and checkpoint is None:
-            self.warn(f"no event can happen in this run: {self.no_events_reason}")
+            warn(f"no event can happen in this run: {self.no_events_reason}")
         self.warned_unlearned = False
 
     @property
@@ -193,7 +194,7 @@ class Trainer:
         self.model.train()
         for strategy, ctx in self._hooked():
             strategy.on_train_begin(ctx)
-        with Progress(*_COLUMNS, console=self.console, disable=not self.show_progress) as progress:
+        with Progress(*PROGRESS_COLUMNS, console=self.console, disable=not self.show_progress) as progress:
             self.progress = progress
             task = progress.add_task(self.config.strategy_label, total=t.steps, completed=self.step,
                                      loss="-", val="-", tps="-", events=0)  # fmt: skip
@@ -202,7 +203,7 @@ class Trainer:
                     self.on_phase_start(self.phases.phase_of(self.step + 1))
                 while self.step < t.steps:
                     self._train_step()
-                    progress.update(task, completed=self.step, **self._progress_fields())
+                    progress.update(task, completed=self.step, **progress_fields(self.totals))
             finally:
                 self.progress = None
                 self.fitness.detach()
@@ -303,38 +304,19 @@ class Trainer:
             self.on_phase_start(index + 1)
 
     def _write_metrics_row(self, lr: float, val_loss: float | None, corpus_losses: dict[str, float] | None) -> None:
-        tot = self.totals
-        row = [
-            self.step,
-            f"{np.mean(tot.pending_losses):.6f}",
-            "" if val_loss is None else f"{val_loss:.6f}",
-            f"{lr:.6g}",
-            f"{tot.pending_tokens / max(tot.pending_time_s, 1e-9):.1f}",
-            sum(self.model.mlp_widths()),
-            tot.events,
-        ]
+        row = self.totals.take_row(self.step, lr, val_loss, sum(self.model.mlp_widths()))
         if self.phases.phased:
             losses = corpus_losses or {}
             row += [self.phases.phase_of(self.step)]
             row += [f"{losses[name]:.6f}" if name in losses else "" for name in self.watched]
         self.folder.append_metrics(row)
-        tot.pending_losses, tot.pending_tokens, tot.pending_time_s = [], 0, 0.0
 
     def _check_learning(self, val_loss: float) -> None:
-        """Warn once when, after warm-up, the model is worse than one with no context at all (a
-        finite but absurd loss, e.g. from far too high a learning rate)."""
-        unigram = self.data.unigram_loss()
-        if self.warned_unlearned or self.step <= self.config.trainer.warmup_steps or val_loss <= unigram:
-            return
-        self.warned_unlearned = True
-        self.warn(
-            f"step {self.step}: val loss {val_loss:.3f} is above the no-context (unigram) loss {unigram:.3f} "
-            "after warm-up: the model is not learning (lower trainer.lr?)"
-        )
-
-    def warn(self, message: str) -> None:
-        """One line on stderr, shown even with --quiet."""
-        Console(stderr=True, log_path=False).print(f"warning: {message}", highlight=False, soft_wrap=True)
+        """Warn once when, after warm-up, the model is worse than one with no context at all."""
+        message = not_learning(self.step, val_loss, self.data.unigram_loss(), self.config.trainer.warmup_steps)
+        if message and not self.warned_unlearned:
+            self.warned_unlearned = True
+            warn(message)
 
     def _synchronize(self) -> None:
         """Wait for queued GPU work, so that a time taken next covers it (no-op on the CPU)."""
@@ -354,12 +336,6 @@ class Trainer:
             return
         (self.progress.console if self.progress is not None else self.console).log(message)
 
-    def _progress_fields(self) -> dict[str, Any]:
-        tot = self.totals
-        val = "-" if tot.last_val_loss is None else f"{tot.last_val_loss:.3f}"
-        loss = "-" if tot.last_train_loss is None else f"{tot.last_train_loss:.3f}"
-        return {"loss": loss, "val": val, "tps": f"{tot.tokens_per_s or 0.0:,.0f}", "events": tot.events}
-
     def summary(self) -> dict[str, Any]:
         summary = run_summary(self.config, self.step, self.run_dir, self.model, self.lineage, self.totals,
                               self.evaluator, self.corpora, self.phases.phase_corpora, self.current_corpus)  # fmt: skip
@@ -376,30 +352,3 @@ class Trainer:
         self.lineage.write_csv(self.run_dir / "lineage.csv")
         plot_run(self.run_dir)
         return summary
-
-
-def why_no_events(config: RunConfig) -> str | None:
-    """Why the strategy's settings allow no event within the run's steps (None if they do): an
-    ``interval`` not below the steps, or a ``maturity`` no neuron reaches before the last step."""
-    params, steps = config.strategy.params, config.trainer.steps
-    interval, maturity = params.get("interval"), params.get("maturity", 0)
-    if not isinstance(interval, int) or interval < 1:
-        return None
-    if interval >= steps:
-        return f"strategy.interval ({interval}) is not below trainer.steps ({steps})"
-    first = max(interval, math.ceil(maturity / interval) * interval)  # the first event step with mature neurons
-    if first >= steps:
-        return f"no neuron is strategy.maturity ({maturity}) steps old at an event step before trainer.steps ({steps})"
-    return None
-
-
-_COLUMNS = (
-    TextColumn("[bold]{task.description}"),
-    BarColumn(bar_width=16),
-    MofNCompleteColumn(),
-    TextColumn("loss {task.fields[loss]}"),
-    TextColumn("val {task.fields[val]}"),
-    TextColumn("{task.fields[tps]} tok/s"),
-    TextColumn("events {task.fields[events]}"),
-    TimeRemainingColumn(),
-)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 
 @dataclass
@@ -23,3 +26,18 @@ class RunTotals:
     @property
     def tokens_per_s(self) -> float | None:
         return self.tokens / self.train_time_s if self.train_time_s > 0 else None
+
+    def take_row(self, step: int, lr: float, val_loss: float | None, neurons: int) -> list[Any]:
+        """The metrics row of the steps since the last one (mean train loss, tokens/s over them),
+        and a fresh window for the next."""
+        row = [
+            step,
+            f"{np.mean(self.pending_losses):.6f}",
+            "" if val_loss is None else f"{val_loss:.6f}",
+            f"{lr:.6g}",
+            f"{self.pending_tokens / max(self.pending_time_s, 1e-9):.1f}",
+            neurons,
+            self.events,
+        ]
+        self.pending_losses, self.pending_tokens, self.pending_time_s = [], 0, 0.0
+        return row
