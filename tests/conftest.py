@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 
 from apoptosis.core.config import ModelConfig, RunConfig
+from apoptosis.core.encoded_corpus import CACHE_ENV
 from apoptosis.core.fitness import FitnessTracker
 from apoptosis.core.lineage import Lineage
 from apoptosis.core.model import GPT
@@ -43,6 +45,14 @@ def tiny_run_config(tmp_path, steps: int = 40, strategy: str = "standard", **str
     config.strategy.name = strategy
     config.strategy.params = dict(strategy_params)
     return config
+
+
+@pytest.fixture(autouse=True)
+def corpus_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test encodes corpora into its own empty cache, never into the home folder."""
+    folder = tmp_path_factory.mktemp("corpus-cache")
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    return folder
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""``apoptosis bench`` (throughput) and ``apoptosis fitness-check`` (does fitness predict the cost of removal?)."""
+"""``apoptosis bench`` (throughput), ``apoptosis bench-corpus`` (what a large corpus costs in memory and
+start-up) and ``apoptosis fitness-check`` (does fitness predict the cost of removal?)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,21 @@ def bench(
     if json_path is not None:
         atomic_write_json(json_path, result)
         console.print(f"figures written to {json_path}")
+
+
+@app.command("bench-corpus")
+def bench_corpus(
+    size_mb: Annotated[float, typer.Option(help="size of the generated text corpus, in MB")] = 50.0,
+    steps: Annotated[int, typer.Option(help="training steps per run")] = 5,
+) -> None:
+    """Peak memory and start-up time of `apoptosis train` on a generated corpus of --size-mb MB: a
+    run that encodes it into an empty cache, a second run that maps the cached ids, against a run
+    on a tiny corpus. Each run is its own process; everything lives in a temporary folder."""
+    from apoptosis.analysis.corpus_bench import print_corpus_bench, run_corpus_bench
+
+    if size_mb <= 0 or steps < 1:
+        raise ApoptosisError(f"--size-mb must be > 0 and --steps >= 1, got {size_mb} and {steps}")
+    print_corpus_bench(run_corpus_bench(size_mb, steps, console), console)
 
 
 @app.command("fitness-check")

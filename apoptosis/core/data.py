@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -63,25 +63,33 @@ def shakespeare_text() -> str:
     return "\n\n".join(markdown_play_to_text(md) for _, md in sorted(plays))
 
 
-def read_text_file(path: str | Path, keep_line_endings: bool = False) -> str:
-    """A UTF-8 text file, with one-line errors for the ways it can be unusable. A leading
-    byte-order mark is dropped, and Windows (CRLF) and old Mac (CR) line endings become "\n"
-    unless ``keep_line_endings`` (otherwise "\r" would be a character of the vocabulary)."""
+def data_file(path: str | Path) -> Path:
+    """``path`` if it names a non-empty file, else the one-line error for what it is instead."""
     path = Path(path)
     if not path.exists():
         raise ApoptosisError(f"data file not found: {path}")
     if not path.is_file():
         raise ApoptosisError(f"data path is not a file: {path}")
-    raw = path.read_bytes()
-    if not raw:
+    if path.stat().st_size == 0:
         raise ApoptosisError(f"data file is empty: {path}")
+    return path
+
+
+def not_utf8_error(path: str | Path, byte: int, offset: int, line: int) -> ApoptosisError:
+    """The error for a file that stops being UTF-8 at byte ``offset`` (on 1-based ``line``)."""
+    return ApoptosisError(f"data file is not valid UTF-8: {path}: byte 0x{byte:02x} at offset {offset} (line {line})")
+
+
+def read_text_file(path: str | Path, keep_line_endings: bool = False) -> str:
+    """A UTF-8 text file, with one-line errors for the ways it can be unusable. A leading
+    byte-order mark is dropped, and Windows (CRLF) and old Mac (CR) line endings become "\n"
+    unless ``keep_line_endings`` (otherwise "\r" would be a character of the vocabulary)."""
+    path = data_file(path)
+    raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise ApoptosisError(
-            f"data file is not valid UTF-8: {path}: byte 0x{raw[e.start]:02x} at offset {e.start} (line {line})"
-        ) from None
+        raise not_utf8_error(path, raw[e.start], e.start, raw[: e.start].count(b"\n") + 1) from None
     text = text.removeprefix("\ufeff")
     if not keep_line_endings:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -125,12 +133,42 @@ class CharVocab:
         return "".join(self.chars[int(i)] for i in ids)
 
 
+def smallest_dtype(n_chars: int) -> np.dtype:
+    """The smallest unsigned integer type that holds every id of an ``n_chars`` vocabulary: a
+    corpus costs one byte per character in memory (two above 256 characters), not eight."""
+    for dtype in (np.uint8, np.uint16):
+        if n_chars <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    return np.dtype(np.uint32)
+
+
+def ids_tensor(ids: np.ndarray, n_chars: int) -> torch.Tensor:
+    """Token ids (an array or memmap, shared, not copied) as a tensor. uint16 and uint32 ids below
+    2**15 and 2**31 are viewed as int16 and int32, which every torch operation supports."""
+    signed = {np.dtype(np.uint16): np.int16, np.dtype(np.uint32): np.int32}.get(ids.dtype)
+    if signed is not None and n_chars <= np.iinfo(signed).max + 1:
+        ids = ids.view(signed)
+    return torch.from_numpy(ids)
+
+
+def _counts(ids: torch.Tensor, n: int, piece: int = 1 << 22) -> np.ndarray:
+    """How often each of ``n`` ids occurs, counted a piece at a time so a large corpus is never
+    copied whole into 8-byte integers."""
+    array = ids.numpy()
+    counts = np.zeros(n, dtype=np.int64)
+    for start in range(0, len(array), piece):
+        counts += np.bincount(array[start : start + piece], minlength=n)
+    return counts
+
+
 @dataclass
 class CharDataset:
     """The encoded corpus split 90/10 into train and val, served as random contiguous windows.
 
-    ``targets`` (per split, one per token) replaces the next token as what each position must
-    predict: generated memorisation tasks give random targets; text has none.
+    The splits hold ids in the smallest integer type of the vocabulary (often views of one
+    memory-mapped file); batches are int64. ``targets`` (per split, one per token) replaces the
+    next token as what each position must predict: generated memorisation tasks give random
+    targets; text has none.
     """
 
     vocab: CharVocab
@@ -138,15 +176,22 @@ class CharDataset:
     val: torch.Tensor
     block_size: int
     targets: dict[str, torch.Tensor] | None = None
+    _unigram: float | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_text(
         cls, text: str, block_size: int, val_fraction: float = 0.1, vocab: CharVocab | None = None
     ) -> CharDataset:
         vocab = vocab or CharVocab.from_text(text)
-        ids = vocab.encode(text)
-        n_train = int(len(ids) * (1 - val_fraction))
-        train, val = ids[:n_train], ids[n_train:]
+        ids = vocab.encode(text).numpy().astype(smallest_dtype(len(vocab)))
+        return cls.from_ids(vocab, ids, block_size, val_fraction)
+
+    @classmethod
+    def from_ids(cls, vocab: CharVocab, ids: np.ndarray, block_size: int, val_fraction: float = 0.1) -> CharDataset:
+        """A dataset over already encoded ids (e.g. a memory-mapped file), split without copying."""
+        ids_t = ids_tensor(ids, len(vocab))
+        n_train = int(len(ids_t) * (1 - val_fraction))
+        train, val = ids_t[:n_train], ids_t[n_train:]
         for name, split in (("train", train), ("val", val)):
             if len(split) < block_size + 1:
                 raise ApoptosisError(
@@ -158,21 +203,23 @@ class CharDataset:
     def unigram_loss(self) -> float:
         """Cross-entropy (nats/char) of the val split under the train split's character
         frequencies (add-one smoothed): the loss a model with no context would get (of the
-        targets, when the dataset has its own)."""
-        train, val = (self.targets["train"], self.targets["val"]) if self.targets else (self.train, self.val)
-        counts = torch.bincount(train, minlength=len(self.vocab)).double() + 1.0
-        log_p = (counts / counts.sum()).log()
-        return float(-log_p[val].mean())
+        targets, when the dataset has its own). Computed once, from counts of each split."""
+        if self._unigram is None:
+            train, val = (self.targets["train"], self.targets["val"]) if self.targets else (self.train, self.val)
+            counts = _counts(train, len(self.vocab)) + 1.0
+            log_p = np.log(counts / counts.sum())
+            self._unigram = float(-(_counts(val, len(self.vocab)) * log_p).sum() / len(val))
+        return self._unigram
 
     def batch(
         self, split: str, batch_size: int, generator: torch.Generator, device: str | torch.device = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``batch_size`` random windows: inputs (B, T) and next-char targets (B, T)."""
+        """``batch_size`` random windows: int64 inputs (B, T) and next-char targets (B, T)."""
         data = self.train if split == "train" else self.val
         starts = torch.randint(len(data) - self.block_size, (batch_size,), generator=generator)
         offsets = torch.arange(self.block_size + 1)
-        windows = data[starts[:, None] + offsets]  # (B, T+1)
+        windows = data[starts[:, None] + offsets].long()  # (B, T+1)
         x, y = windows[:, :-1], windows[:, 1:]
         if self.targets is not None:
-            y = self.targets[split][starts[:, None] + offsets[:-1]]
+            y = self.targets[split][starts[:, None] + offsets[:-1]].long()
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)

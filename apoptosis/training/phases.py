@@ -4,7 +4,8 @@ corpus is evaluated. A run on one corpus is one phase that never ends."""
 from __future__ import annotations
 
 from apoptosis.core.config import RunConfig
-from apoptosis.core.data import CharDataset, CharVocab, load_corpus
+from apoptosis.core.data import DEFAULT_CORPUS, CharDataset, CharVocab, load_corpus
+from apoptosis.core.encoded_corpus import EncodedCorpus, encode_file, file_dataset, remap
 from apoptosis.core.errors import ApoptosisError
 
 
@@ -49,23 +50,34 @@ def load_corpora(
     """The datasets by corpus name, and the corpus of each phase. One corpus (``data.path``,
     named ``main``) unless ``continual.phases`` is set; then one vocabulary over all corpora,
     fixed first. ``vocab_chars`` (from a checkpoint) fixes the vocabulary on resume.
-    ``supplied`` datasets (generated ones, named by ``continual.phases``) are used as they are."""
+    ``supplied`` datasets (generated ones, named by ``continual.phases``) are used as they are.
+    Files are encoded once into a cache and memory-mapped (``apoptosis.core.encoded_corpus``); the
+    built-in corpora are text."""
     if supplied is not None:
         return supplied_corpora(config, vocab_chars, supplied)
     block, val_fraction = config.model.block_size, config.data.val_fraction
     vocab = CharVocab(vocab_chars) if vocab_chars else None
     if not config.continual.phases:
-        return {
-            "main": CharDataset.from_text(
-                load_corpus(config.data.path, config.data.keep_line_endings), block, val_fraction, vocab
-            )
-        }, ["main"]
-    from apoptosis.core.corpora import corpus_text, distinct_corpora, parse_phases, union_vocab
+        path, keep = config.data.path, config.data.keep_line_endings
+        if path is None or str(path) == DEFAULT_CORPUS:
+            data = CharDataset.from_text(load_corpus(path), block, val_fraction, vocab)
+        else:
+            data = file_dataset(path, block, val_fraction, vocab, keep)
+        return {"main": data}, ["main"]
+    from apoptosis.core.corpora import BUILTIN_CORPORA, corpus_text, distinct_corpora, parse_phases, union_vocab
 
     specs = parse_phases(",".join(config.continual.phases))
-    texts = {spec.name: corpus_text(spec) for spec in distinct_corpora(specs)}
-    vocab = vocab or union_vocab(texts.values())
-    corpora = {name: CharDataset.from_text(text, block, val_fraction, vocab) for name, text in texts.items()}
+    sources: dict[str, str | EncodedCorpus] = {
+        spec.name: corpus_text(spec) if spec.name in BUILTIN_CORPORA else encode_file(spec.source)
+        for spec in distinct_corpora(specs)
+    }
+    vocab = vocab or union_vocab(s if isinstance(s, str) else "".join(s.vocab.chars) for s in sources.values())
+    corpora = {
+        name: CharDataset.from_text(source, block, val_fraction, vocab)
+        if isinstance(source, str)
+        else CharDataset.from_ids(vocab, remap(source, vocab).ids, block, val_fraction)
+        for name, source in sources.items()
+    }
     return corpora, [spec.name for spec in specs]
 
 
