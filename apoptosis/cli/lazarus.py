@@ -1,5 +1,5 @@
-"""The ``damage``, ``recover``, ``compress`` and ``lazarus-curve`` commands (Lazarus), added to the
-app they import from ``apoptosis.cli.app``.
+"""The ``damage``, ``recover`` and ``lazarus-curve`` commands (Lazarus), added to the app they import
+from ``apoptosis.cli.app`` (``compress`` and ``compress-table`` are in ``apoptosis.cli.compress``).
 
 Each command writes one new folder and refuses to overwrite one, so a damaged, recovered or
 compressed model can always be traced back to the run it came from.
@@ -7,7 +7,6 @@ compressed model can always be traced back to the run it came from.
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from collections.abc import Callable
@@ -146,78 +145,6 @@ def recover(
         console.print(f"Recovered model: {out}")
 
 
-@app.command()
-def compress(
-    run_dir: Annotated[Path, typer.Argument(help="a finished run folder, e.g. runs/NAME")],
-    prune: Annotated[float, typer.Option(help="zero this FRACTION of the blocks' linear weights")],
-    structured: Annotated[bool, typer.Option(help="remove whole MLP neurons instead")] = False,
-    recover_steps: Annotated[int, typer.Option(help="data-free recovery steps after pruning")] = 200,
-    anchor: Annotated[str, typer.Option(help="original (distil from the unpruned run) or damaged")] = "original",
-    loss: LossOption = "full",
-    lr: LrOption = 1e-4,
-    batch_size: BatchOption = None,
-    seq_len: SeqLenOption = None,
-    seed: SeedOption = 0,
-    out: OutOption = None,
-    device: DeviceOption = "cpu",
-    quiet: QuietOption = False,
-) -> None:
-    """Prune a run's model, recover it without data under a frozen mask, and write it with its size
-    and its quality against the original to RUN_DIR/compressed-prune<fraction>[-structured]/."""
-    from apoptosis.core.config import RunConfig
-    from apoptosis.lazarus.damage import (
-        DamageSpec,
-        checkpoint_dict,
-        damage_model,
-        model_size,
-        refuse_existing,
-        write_folder,
-    )
-    from apoptosis.lazarus.recovery import RecoverySettings, compare_models, evaluation_batches, recover_copy
-    from apoptosis.training import load_model
-
-    _check_device(device)
-    spec = DamageSpec("prune", prune, structured, seed)
-    spec.validate()
-    original, vocab, ckpt = load_model(run_dir, device)
-    config = ckpt["config"]
-    settings = RecoverySettings(
-        recover_steps, "frozen", loss, anchor, lr, batch_size or config["trainer"]["batch_size"], seq_len, seed=seed
-    )
-    settings.validate()
-    out = out or run_dir / f"compressed-{spec.label}"
-    refuse_existing(out)
-    pruned = copy.deepcopy(original)
-    result = damage_model(pruned, spec)
-    compressed, history = _with_progress(
-        recover_steps,
-        quiet,
-        lambda progress: recover_copy(original, pruned, settings, result.masks, result.removed_neurons, progress),
-    )
-    figures = compare_models(
-        original, pruned, compressed, *evaluation_batches(RunConfig.from_dict(config), vocab, device)
-    )
-    sizes = {"original": model_size(original), "compressed": model_size(compressed)}
-    described = result.describe()
-    state = checkpoint_dict(
-        compressed, vocab, config, result.masks, damage=described, recovery=settings.to_dict(), step=ckpt["step"]
-    )
-    summary = {
-        "damage": described,
-        "settings": settings.to_dict(),
-        **_json_safe(figures),
-        "size": sizes,
-        "history": history,
-    }
-    write_folder(out, run_dir, state, "compress.json", summary)
-    if not quiet:
-        console.print(
-            quality_table(figures, f"Compression of {run_dir} ({spec.label}, anchor {anchor})", "pruned", "compressed")
-        )
-        console.print(size_table(sizes))
-        console.print(f"Compressed model: {out}")
-
-
 @app.command("lazarus-curve")
 def lazarus_curve(
     run_dir: Annotated[Path, typer.Argument(help="a finished run folder, e.g. runs/NAME")],
@@ -333,21 +260,5 @@ def quality_table(figures: dict[str, Any], title: str, damaged: str = "damaged",
             f"{100 * m['agreement']:.2f}%",
             "-" if loss_key == "-" else _percent(rec[loss_key]),
             "-" if acc_key == "-" else _percent(rec[acc_key]),
-        )
-    return table
-
-
-def size_table(sizes: dict[str, dict[str, int | float]]) -> Table:
-    table = Table(title="Size (bitmap-sparse: nonzero float32 values + 1 bit per entry)", title_justify="left")
-    for column in ("model", "parameters", "nonzero", "dense bytes", "sparse bytes", "compression"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for name, s in sizes.items():
-        table.add_row(
-            name,
-            f"{s['parameters']:,}",
-            f"{s['nonzero_parameters']:,}",
-            f"{s['dense_bytes']:,}",
-            f"{s['sparse_bytes']:,}",
-            f"{s['compression']:.2f}x",
         )
     return table

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import warnings
 
-from apoptosis.cli import compare, lazarus, measure, plasticity, runs, search, train  # noqa: F401  (they register commands)
+from apoptosis.cli import compare, compress, lazarus, measure, plasticity, runs, search, train  # noqa: F401  (they register commands)
 from apoptosis.cli.app import app
 from apoptosis.core.errors import ApoptosisError
 
