@@ -145,8 +145,11 @@ def test_user_error_is_one_line_and_exit_2(case: str, error_runs) -> None:
 def test_known_strategies_are_listed_sorted(error_runs) -> None:
     _, results = error_runs
     message = results["unknown-strategy"].stderr.strip()
-    known = message.split("known: ", 1)[1].split(", ")
-    assert known == sorted(known) and {"none", "standard"} <= set(known)
+    strategies, followers = message.split("strategies: ", 1)[1].split("; followers (--then, or A+B in compare): ")
+    strategies, followers = strategies.split(", "), followers.split(", ")
+    assert strategies == sorted(strategies) and {"none", "standard", "cbp"} <= set(strategies)
+    assert followers == sorted(followers) and {"lazarus", "replay"} <= set(followers)
+    assert not set(followers) & set(strategies)
 
 
 @pytest.mark.parametrize("case", list(MORE_ERROR_CASES))
