@@ -28,7 +28,6 @@ corpus has no phase end, so it resets nothing unless ``interval`` is set.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -36,7 +35,8 @@ from apoptosis.core.model import fresh_parameters
 from apoptosis.core.params import StrategyParams, param
 from apoptosis.core.population import NeuronPopulation, restart_optimizer
 from apoptosis.core.registry import register_strategy
-from apoptosis.core.strategy import Phase, Strategy, TrainingContext
+from apoptosis.core.strategy import TrainingContext
+from apoptosis.strategies.boundaries import AtBoundaries
 
 CAUSE = "reset"
 
@@ -49,25 +49,12 @@ class FullResetParams(StrategyParams):
 
 
 @register_strategy
-class FullReset(Strategy):
+class FullReset(AtBoundaries):
     name = "full_reset"
     description = "reset baseline: at each phase end the whole network and optimizer start again from scratch"
     Params = FullResetParams
-    uses_fitness = False
 
-    def __init__(self, params: StrategyParams | None = None) -> None:
-        super().__init__(params)
-        self.history: list[dict[str, Any]] = []  # one entry per reset: step and reason
-
-    def on_step_end(self, ctx: TrainingContext) -> None:
-        if self.params.interval > 0 and ctx.every(self.params.interval):
-            self.reset(ctx, "interval")
-
-    def on_phase_end(self, ctx: TrainingContext, phase: Phase) -> None:
-        if not (self.history and self.history[-1]["step"] == ctx.step):  # not twice in one step
-            self.reset(ctx, f"end of {phase.corpus}")
-
-    def reset(self, ctx: TrainingContext, reason: str) -> None:
+    def act(self, ctx: TrainingContext, reason: str) -> None:
         fresh = fresh_parameters(ctx.model, ctx.generator)
         first = ctx.populations[0]
 
@@ -81,11 +68,4 @@ class FullReset(Strategy):
 
         ctx.event(self.name, surgery)
         restart_optimizer(ctx.optimizer, ctx.populations)
-        self.history.append({"step": ctx.step, "reason": reason})
         ctx.log(f"step {ctx.step}: full reset ({reason}): fresh weights, optimizer state restarted")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(entry) for entry in self.history]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history = [dict(entry) for entry in state.get("history", [])]

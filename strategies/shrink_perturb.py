@@ -36,7 +36,6 @@ Deviations and notes:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -44,7 +43,8 @@ from apoptosis.core.model import GPT, fresh_parameters
 from apoptosis.core.params import StrategyParams, param
 from apoptosis.core.population import restart_optimizer
 from apoptosis.core.registry import register_strategy
-from apoptosis.core.strategy import Phase, Strategy, TrainingContext
+from apoptosis.core.strategy import TrainingContext
+from apoptosis.strategies.boundaries import AtBoundaries
 
 
 @dataclass
@@ -69,36 +69,16 @@ def shrink_and_perturb(model: GPT, shrink: float, perturb: float, generator: tor
 
 
 @register_strategy
-class ShrinkPerturb(Strategy):
+class ShrinkPerturb(AtBoundaries):
     name = "shrink_perturb"
     description = "shrink & perturb: at each phase end, theta <- 0.4 theta + 0.1 x a fresh initialisation"
     Params = ShrinkPerturbParams
-    uses_fitness = False
 
-    def __init__(self, params: StrategyParams | None = None) -> None:
-        super().__init__(params)
-        self.history: list[dict[str, Any]] = []  # one entry per application: step and reason
-
-    def on_step_end(self, ctx: TrainingContext) -> None:
-        if self.params.interval > 0 and ctx.every(self.params.interval):
-            self.apply(ctx, "interval")
-
-    def on_phase_end(self, ctx: TrainingContext, phase: Phase) -> None:
-        if not (self.history and self.history[-1]["step"] == ctx.step):  # not twice in one step
-            self.apply(ctx, f"end of {phase.corpus}")
-
-    def apply(self, ctx: TrainingContext, reason: str) -> None:
+    def act(self, ctx: TrainingContext, reason: str) -> None:
         p = self.params
         shrink_and_perturb(ctx.model, p.shrink, p.perturb, ctx.generator)
         if p.reset_optimizer:
             restart_optimizer(ctx.optimizer, ctx.populations)
-        self.history.append({"step": ctx.step, "reason": reason})
         restarted = ", optimizer state restarted" if p.reset_optimizer else ""
         formula = f"theta <- {p.shrink:g} theta + {p.perturb:g} init"
         ctx.log(f"step {ctx.step}: shrink & perturb ({reason}): {formula}{restarted}")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(entry) for entry in self.history]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history = [dict(entry) for entry in state.get("history", [])]

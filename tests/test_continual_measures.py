@@ -174,7 +174,8 @@ def test_the_continual_tables_fit_80_columns_with_whole_words() -> None:
 
     method = "standard+stability_first"
     per_phase = pd.DataFrame(
-        {"method": [method] * 3, "seed": [1] * 3, "index": [0, 1, 2], "corpus": ["shakespeare", "python", "shakespeare"],
+        {"method": [method] * 3, "seed": [1] * 3, "index": [0, 1, 2],
+         "corpus": ["shakespeare", "python", "shakespeare"],
          "own_loss_at_end": [1.91, 1.52, 1.88], "plasticity_ratio": [1.0, 0.93, 0.88],
          "forgetting_next": [0.512, 0.1, None], "reconsolidation_steps": [None, None, 120.0]}
     )  # fmt: skip
