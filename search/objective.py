@@ -1,4 +1,5 @@
-"""What a search minimises: a real training run, or a cheap analytic function with a known optimum.
+"""What a search minimises: a real training run, the plasticity benchmark's excess loss, or a cheap
+analytic function with a known optimum.
 
 Both take a trial's settings and its seeds, record each seed's value on the trial (Taguchi's
 signal-to-noise ratio needs the replicates) and report intermediate values, so a pruner can stop
@@ -15,11 +16,14 @@ from typing import Any
 
 import numpy as np
 import optuna
+import pandas as pd
 
 from apoptosis.core.config import RunConfig
+from apoptosis.analysis.compare import PlannedRun
+from apoptosis.plasticity.benchmark import TASKS_FILE, CellRun, Settings
 from apoptosis.search.space import apply_settings, setting_distribution, unit_position
 
-OBJECTIVES = ("train", "synthetic")
+OBJECTIVES = ("train", "plasticity", "synthetic")
 
 
 class Objective(ABC):
@@ -57,6 +61,43 @@ class TrainingObjective(Objective):
 
             summary = Trainer(config, run_dir, show_progress=False, on_evaluate=report).fit()
             values.append(summary["final_val_loss"])
+            trial.set_user_attr("seed_values", values)
+        return float(np.mean(values))
+
+
+@dataclass
+class PlasticityObjective(Objective):
+    """How well a method keeps learning: one cell of the plasticity benchmark per seed (its tasks
+    in sequence on the same weights), valued by the mean excess loss over the last quarter of the
+    tasks, each measured on the task just trained, the measure of Continual Backprop's figures.
+    The tasks are drawn from seed ``TASK_SEED_OFFSET + seed``, so tuning never sees the tasks of
+    a benchmark run with seeds 1..K. The excess loss of every task is reported, for the pruner."""
+
+    benchmark: Settings
+    trials_dir: Path
+
+    TASK_SEED_OFFSET = 1000
+
+    def __call__(self, trial: optuna.Trial, settings: dict[str, Any], seeds: list[int]) -> float:
+        config = apply_settings(self.benchmark.base_config(), settings)
+        tasks, last = self.benchmark.tasks, max(1, self.benchmark.tasks // 4)
+        values = []
+        for i, seed in enumerate(seeds):
+            task_seed = self.TASK_SEED_OFFSET + seed
+            config.trainer.seed = task_seed
+            run_dir = self.trials_dir / f"{trial.number:04d}-s{task_seed}"
+            trial.set_user_attr("run_dir", str(run_dir.parent / f"{trial.number:04d}-s*"))
+            rows = run_dir / TASKS_FILE
+
+            def report(offset: int = i * tasks) -> None:
+                frame = pd.read_csv(rows)
+                trial.report(float(frame["excess_loss"].iloc[-1]), offset + len(frame))
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at task {len(frame)} of seed {task_seed}")
+
+            cell = PlannedRun(config.strategy.name, task_seed, run_dir, config)
+            CellRun(cell, self.benchmark, self.trials_dir, on_row=report).run()
+            values.append(float(pd.read_csv(rows)["excess_loss"].tail(last).mean()))
             trial.set_user_attr("seed_values", values)
         return float(np.mean(values))
 

@@ -39,7 +39,8 @@ def write_results(study: optuna.Study, spec: StudySpec, console: Console, top: i
     best = best_trial(study)
     if best is not None:
         config = apply_settings(spec.base, best.user_attrs["settings"])
-        config.trainer.steps = spec.steps
+        if spec.objective != "plasticity":  # the plasticity base already holds its tasks' steps
+            config.trainer.steps = spec.steps
         atomic_write_text(spec.study_dir / "best.toml", config.to_toml())
     plot_study(study, frame, spec.study_dir)
     console.print(top_trials_table(frame, f"Study {spec.name}: best trials (of {len(frame)})", top))

@@ -136,9 +136,11 @@ class SearchSpace:
     strategy_fixed: dict[str, dict[str, Any]] = field(default_factory=dict)  # not searched, per strategy
 
     @classmethod
-    def from_registry(cls, strategies: list[str], tune: list[str], fixed: dict[str, Any]) -> SearchSpace:
-        """Every searchable parameter of each strategy, except those ``fixed`` (``--set``), plus
-        the ``tune`` settings."""
+    def from_registry(
+        cls, strategies: list[str], tune: list[str], fixed: dict[str, Any], only: list[str] | None = None
+    ) -> SearchSpace:
+        """Every searchable parameter of each strategy (or only those named in ``only``: the
+        others keep their defaults), except those ``fixed`` (``--set``), plus the ``tune`` settings."""
         from apoptosis.core.strategy import build_strategy
 
         if not strategies:
@@ -147,7 +149,18 @@ class SearchSpace:
         unused = [k for k in fixed if not any(k in names for names in declared.values())]
         if unused:
             raise ApoptosisError(f"no searched strategy has parameter {unused[0]!r} (--set strategy.{unused[0]})")
-        dims = {s: {k: d for k, d in strategy_distributions(s).items() if k not in fixed} for s in strategies}
+        searchable = {s: strategy_distributions(s) for s in strategies}
+        unknown = [k for k in only or [] if not any(k in dims for dims in searchable.values())]
+        if unknown:
+            names = sorted({k for dims in searchable.values() for k in dims})
+            raise ApoptosisError(
+                f"--params {unknown[0]!r} is not a searchable parameter of {', '.join(strategies)}; "
+                f"searchable: {', '.join(names) or '(none)'}"
+            )
+        dims = {
+            s: {k: d for k, d in searchable[s].items() if k not in fixed and (only is None or k in only)}
+            for s in strategies
+        }
         kept = {s: {k: v for k, v in fixed.items() if k in declared[s]} for s in strategies}
         for s in strategies:
             build_strategy(s, kept[s])  # a fixed value out of range fails now, not in every trial

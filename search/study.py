@@ -18,7 +18,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from apoptosis.core.config import RunConfig
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.search.algorithms import make_pruner, make_sampler
-from apoptosis.search.objective import Objective, SyntheticObjective, TrainingObjective
+from apoptosis.plasticity.benchmark import Settings
+from apoptosis.search.objective import Objective, PlasticityObjective, SyntheticObjective, TrainingObjective
 from apoptosis.search.space import LevelSpace, SearchSpace
 
 JOURNAL_FILE = "journal.log"
@@ -49,7 +50,7 @@ class StudySpec:
     name: str
     study_dir: Path
     kind: str  # "optuna" or "taguchi"
-    objective: str  # "train" or "synthetic"
+    objective: str  # "train", "plasticity" or "synthetic"
     base: RunConfig
     steps: int
     seeds: list[int]
@@ -59,6 +60,7 @@ class StudySpec:
     sampler_seed: int = 0
     pruner: str = "median"
     synthetic: SyntheticObjective = field(default_factory=SyntheticObjective)
+    plasticity: Settings | None = None  # the benchmark's options, for the plasticity objective
     heartbeat_s: int = 60
     retries: int = 1
 
@@ -71,6 +73,7 @@ class StudySpec:
             "seeds": self.seeds,
             "space": self.space.describe(),
             "base": self.base.to_dict() if self.objective == "train" else None,
+            "plasticity": asdict(self.plasticity) if self.objective == "plasticity" and self.plasticity else None,
         }
 
     @property
@@ -124,8 +127,11 @@ def sampler_seed(base: int, worker: int, trials_so_far: int) -> int:
 def load_study(spec: StudySpec, storage: optuna.storages.BaseStorage, worker: int = 0) -> optuna.Study:
     """Create or load the study, with a sampler seeded per worker and per start."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines and tables say what happens
-    min_resource = min(spec.base.trainer.eval_interval, spec.steps) if spec.objective == "train" else 1
-    max_resource = spec.steps * len(spec.seeds) if spec.objective == "train" else spec.synthetic.reports
+    min_resource, max_resource = 1, spec.synthetic.reports
+    if spec.objective == "train":
+        min_resource, max_resource = min(spec.base.trainer.eval_interval, spec.steps), spec.steps * len(spec.seeds)
+    elif spec.objective == "plasticity" and spec.plasticity is not None:
+        max_resource = spec.plasticity.tasks * len(spec.seeds)  # one report per task
     pruner = make_pruner(spec.pruner if spec.kind == "optuna" else "none", max_resource, min_resource)
     study = optuna.create_study(
         study_name=spec.name, storage=storage, pruner=pruner, direction="minimize", load_if_exists=True
@@ -152,6 +158,10 @@ def check_signature(study: optuna.Study, spec: StudySpec) -> None:
 def build_objective(spec: StudySpec) -> Objective:
     if spec.objective == "synthetic":
         return spec.synthetic
+    if spec.objective == "plasticity":
+        if spec.plasticity is None:
+            raise ApoptosisError("the plasticity objective needs the benchmark's settings")
+        return PlasticityObjective(spec.plasticity, spec.study_dir / "trials")
     return TrainingObjective(spec.base, spec.steps, spec.study_dir / "trials")
 
 

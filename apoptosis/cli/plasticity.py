@@ -35,7 +35,7 @@ def plasticity(
         int, typer.Option(help="N > 0: memorisation: N positions per task with random targets")
     ] = 0,
     probe_steps: Annotated[int, typer.Option(help="steps the probe trains on a held-out task")] = 500,
-    probe_every: Annotated[int, typer.Option(help="probe every this many tasks (and at the last)")] = 1,
+    probe_every: Annotated[int, typer.Option(help="probe every this many tasks (and at the last); 0: no probe")] = 1,
     last: Annotated[int, typer.Option(help="the table averages over this many last tasks (at most --tasks)")] = 10,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     set_: SetOption = None,

@@ -28,6 +28,14 @@ Workers = Annotated[int, typer.Option(help="worker processes on this machine (0:
 ObjectiveOpt = Annotated[
     str, typer.Option("--objective", help="train (real runs) or synthetic (analytic, known optimum)")
 ]
+OptunaObjectiveOpt = Annotated[
+    str,
+    typer.Option(
+        "--objective",
+        help="train (real runs), plasticity (the plasticity benchmark's excess loss over its last tasks) "
+        "or synthetic (analytic, known optimum)",
+    ),
+]
 SyntheticSeconds = Annotated[float, typer.Option(help="synthetic objective: seconds each trial takes")]
 Heartbeat = Annotated[int, typer.Option(help="database storages: seconds between worker heartbeats")]
 RunsDir = Annotated[Path, typer.Option(help="folder holding run and study folders")]
@@ -40,11 +48,9 @@ SetOpt = Annotated[
 ]
 
 
-def _check_objective(objective: str) -> None:
-    from apoptosis.search.objective import OBJECTIVES
-
-    if objective not in OBJECTIVES:
-        raise ApoptosisError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+def _check_objective(objective: str, allowed: tuple[str, ...] = ("train", "synthetic")) -> None:
+    if objective not in allowed:
+        raise ApoptosisError(f"--objective must be one of {', '.join(allowed)}, got {objective!r}")
 
 
 def _check_counts(steps: int, seeds: int) -> None:
@@ -60,19 +66,23 @@ def optuna_command(
     strategies: Annotated[
         str, typer.Option(help="comma-separated strategies; several make the strategy a factor")
     ] = "standard",
+    params: Annotated[
+        str, typer.Option(help="search only these strategy parameters, e.g. replacement_rate (default: all)")
+    ] = "",
     tune: Annotated[str, typer.Option(help="also tune these settings, e.g. trainer.lr,trainer.weight_decay")] = "",
     factors: Annotated[
         Path | None, typer.Option(help="search the ranges spanned by a factors file's levels instead")
     ] = None,
     trials: Annotated[int, typer.Option(help="trials in the whole study (all workers and machines)")] = 20,
-    steps: Steps = 600,
+    steps: Annotated[int, typer.Option(help="training steps per run (plasticity objective: per task)")] = 600,
+    tasks: Annotated[int, typer.Option(help="plasticity objective: tasks in sequence per run")] = 20,
     seeds: Seeds = 1,
     sampler: Annotated[str, typer.Option(help="tpe, random, cmaes, gp or qmc")] = "tpe",
     sampler_seed: Annotated[int, typer.Option(help="seed of the sampler (worker i uses seed + i)")] = 0,
     pruner: Annotated[str, typer.Option(help="median, hyperband or none")] = "median",
     storage: Storage = None,
     workers: Workers = 1,
-    objective: ObjectiveOpt = "train",
+    objective: OptunaObjectiveOpt = "train",
     synthetic_seconds: SyntheticSeconds = 0.0,
     heartbeat: Heartbeat = 60,
     runs_dir: RunsDir = Path("runs"),
@@ -83,14 +93,15 @@ def optuna_command(
 ) -> None:
     """An Optuna study over strategy parameters (ranges from each strategy's declaration).
     Re-running the same command resumes it; the same command on other machines with the same
-    --storage URL joins it."""
+    --storage URL joins it. With --objective plasticity each run is a cell of the plasticity
+    benchmark at its defaults (--tasks tasks of --steps steps, on tasks no benchmark seed uses)."""
     from apoptosis.search.algorithms import PRUNERS, SAMPLERS
     from apoptosis.search.objective import SyntheticObjective
     from apoptosis.search.optuna_search import run_optuna
     from apoptosis.search.space import Factors, SearchSpace
     from apoptosis.search.study import StudySpec
 
-    _check_objective(objective)
+    _check_objective(objective, ("train", "plasticity", "synthetic"))
     _check_counts(steps, seeds)
     if sampler not in SAMPLERS:
         raise ApoptosisError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
@@ -98,13 +109,19 @@ def optuna_command(
         raise ApoptosisError(f"--pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
     names = distinct_names(strategies, "--strategies", required=False)
     sets, other_sets = split_set_options(set_, sections=("strategy",))
-    base = build_config(config, names[0] if names else None, None, steps, None, data, device, other_sets)
+    benchmark = None
+    if objective == "plasticity":
+        benchmark = _plasticity_settings(names, tasks, steps, seeds, device, other_sets, config, data, factors)
+        base = benchmark.base_config()
+    else:
+        base = build_config(config, names[0] if names else None, None, steps, None, data, device, other_sets)
     if factors is not None:
         factor_file = Factors.from_toml_file(factors)
         base = factor_file.base_config(base)
         space = SearchSpace.from_levels(factor_file.levels, base)
     else:
-        space = SearchSpace.from_registry(names, distinct_names(tune, "--tune", required=False), sets["strategy"])
+        only = distinct_names(params, "--params", required=False) or None
+        space = SearchSpace.from_registry(names, distinct_names(tune, "--tune", required=False), sets["strategy"], only)
     spec = StudySpec(
         name=study,
         study_dir=runs_dir / study,
@@ -119,11 +136,36 @@ def optuna_command(
         sampler_seed=sampler_seed,
         pruner=pruner,
         synthetic=SyntheticObjective(seconds=synthetic_seconds),
+        plasticity=benchmark,
         heartbeat_s=heartbeat,
     )
     started = time.perf_counter()
     run_optuna(spec, trials, workers, console)
     console.print(f"wall time {time.perf_counter() - started:.1f} s")
+
+
+def _plasticity_settings(
+    strategies: list[str],
+    tasks: int,
+    steps: int,
+    seeds: int,
+    device: str | None,
+    sets: list[str],
+    config: Path | None,
+    data: str | None,
+    factors: Path | None,
+):
+    """The plasticity benchmark at its defaults for the searched strategies; options that only
+    make sense for training on a corpus are refused, not ignored."""
+    from apoptosis.plasticity.benchmark import Settings
+
+    for option, value in (("--config", config), ("--data", data), ("--factors", factors)):
+        if value is not None:
+            raise ApoptosisError(f"{option} does not apply to --objective plasticity (its tasks are generated)")
+    settings = Settings(methods=tuple(strategies or ["standard"]), tasks=tasks, steps_per_task=steps,
+                        seeds=seeds, probe_every=0, device=device or "cpu", sets=tuple(sets))  # fmt: skip
+    settings.validate()
+    return settings
 
 
 @search_app.command("taguchi")

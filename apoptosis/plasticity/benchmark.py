@@ -66,24 +66,29 @@ class Settings:
     alpha: float = 0.1
     random_labels: int = 0
     probe_steps: int = 500
-    probe_every: int = 1
+    probe_every: int = 1  # 0: no probe (the quickest run, e.g. for tuning on excess loss)
     device: str = "cpu"
     sets: tuple[str, ...] = ()  # --set: strategy.X / then.X to the methods that have X, the rest to every run
 
     def validate(self) -> None:
         """One line naming the option, for sizes the benchmark cannot run."""
         counts = {"--tasks": self.tasks, "--steps-per-task": self.steps_per_task, "--seeds": self.seeds,
-                  "--probe-steps": self.probe_steps, "--probe-every": self.probe_every}  # fmt: skip
+                  "--probe-steps": self.probe_steps}  # fmt: skip
         for option, value in counts.items():
             if value < 1:
                 raise ApoptosisError(f"{option} must be >= 1, got {value}")
+        if self.probe_every < 0:
+            raise ApoptosisError(f"--probe-every must be >= 0 (0: no probe), got {self.probe_every}")
         if self.activation not in ACTIVATIONS:
             raise ApoptosisError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if not (self.lr > 0 and self.weight_decay >= 0):
             raise ApoptosisError(f"--lr must be > 0 and --weight-decay >= 0, got {self.lr:g} and {self.weight_decay:g}")
 
     def probes_at(self, index: int) -> bool:
-        """Task ``index`` (0-based) starts with a probe: the first, every ``probe_every``-th, the last."""
+        """Task ``index`` (0-based) starts with a probe: the first, every ``probe_every``-th, the
+        last; none at all when ``probe_every`` is 0."""
+        if self.probe_every == 0:
+            return False
         return index % self.probe_every == 0 or index == self.tasks - 1
 
     def family(self, block_size: int) -> TaskFamily:
