@@ -18,8 +18,8 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from apoptosis.core.config import RunConfig
 from apoptosis.analysis.compare import PlannedRun
+from apoptosis.core.config import RunConfig
 from apoptosis.plasticity.benchmark import TASKS_FILE, CellRun, Settings
 from apoptosis.search.space import apply_settings, setting_distribution, unit_position
 
@@ -89,7 +89,7 @@ class PlasticityObjective(Objective):
             trial.set_user_attr("run_dir", str(run_dir.parent / f"{trial.number:04d}-s*"))
             rows = run_dir / TASKS_FILE
 
-            def report(offset: int = i * tasks) -> None:
+            def report(rows: Path = rows, offset: int = i * tasks, task_seed: int = task_seed) -> None:
                 frame = pd.read_csv(rows)
                 trial.report(float(frame["excess_loss"].iloc[-1]), offset + len(frame))
                 if trial.should_prune():

@@ -33,8 +33,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from apoptosis.core.config import RunConfig
 from apoptosis.core.errors import ApoptosisError
-from apoptosis.search.algorithms import make_pruner, make_sampler
 from apoptosis.plasticity.benchmark import Settings
+from apoptosis.search.algorithms import make_pruner, make_sampler
 from apoptosis.search.objective import Objective, PlasticityObjective, SyntheticObjective, TrainingObjective
 from apoptosis.search.space import LevelSpace, SearchSpace
 

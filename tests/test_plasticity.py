@@ -21,7 +21,7 @@ from apoptosis.core.model import GPT
 from apoptosis.plasticity import benchmark
 from apoptosis.plasticity.benchmark import COLUMNS, CellRun, Settings, record_arguments, run_benchmark
 from apoptosis.plasticity.measures import dormant_fraction, effective_rank, weight_norm
-from apoptosis.plasticity.report import MEASURES, last_task_stats
+from apoptosis.plasticity.report import MEASURES, last_task_stats, paired_stats
 from apoptosis.plasticity.tasks import PROBE, MarkovChain, TaskFamily, memorisation_floor
 from apoptosis.training import Trainer
 from tests.test_cli import run_main
@@ -117,6 +117,29 @@ def test_the_table_averages_the_last_tasks_per_seed_then_over_seeds() -> None:
     assert summary.loc["none", "excess_loss_ci"] == pytest.approx(per_seed.mean() - low)
     assert summary.loc["cbp", "probe_loss"] == pytest.approx(per_seed.mean() + 1)
     assert summary.loc["cbp", "train_seconds"] == 2.0 and list(summary.index) == ["none", "cbp"]
+
+
+def test_paired_differences_cancel_the_seeds_and_count_only_shared_seeds() -> None:
+    rng = np.random.default_rng(0)
+    hard = {1: 0.0, 2: 5.0, 3: 10.0}  # a seed's tasks are harder or easier for every method alike
+    gap = {1: 0.10, 2: 0.12, 3: 0.14}  # redo's excess loss above none's, per seed
+    rows = [
+        {"method": m, "seed": seed, "task": task, "train_seconds": 1.0,
+         "excess_loss": hard[seed] + (gap[seed] if m == "redo" else 0.0) + task,
+         "probe_loss": hard[seed] + task + 0.5 * (m == "redo"), "fresh_probe_loss": hard[seed] + task - 0.25,
+         **{c: float(rng.random()) for c in ("dormant_fraction", "effective_rank", "weight_norm")}}
+        for m, seeds in (("none", (1, 2, 3)), ("redo", (1, 2, 3)), ("cbp", (2,))) for seed in seeds
+        for task in (1, 2, 3)
+    ]  # fmt: skip
+    paired = paired_stats(pd.DataFrame(rows), last=2).set_index("method")
+    gaps = np.array(list(gap.values()))
+    low, _ = stats.t.interval(0.95, 2, loc=gaps.mean(), scale=stats.sem(gaps))
+    assert paired.loc["redo", "vs_none_excess"] == pytest.approx(0.12)  # the seeds' 0, 5, 10 cancel
+    assert paired.loc["redo", "vs_none_excess_ci"] == pytest.approx(0.12 - low)
+    assert paired.loc["redo", "vs_none_probe"] == pytest.approx(0.5) and paired.loc["redo", "vs_none_probe_ci"] == 0
+    assert paired.loc["none", "behind_fresh"] == pytest.approx(0.25)
+    assert paired.loc["redo", "behind_fresh"] == pytest.approx(0.75)
+    assert paired.loc["cbp", "paired_seeds"] == 1 and np.isnan(paired.loc["cbp", "vs_none_excess_ci"])
 
 
 # --- the trainer at task boundaries -------------------------------------------------------------

@@ -275,12 +275,18 @@ def test_cli_search_commands_and_their_errors(tmp_path):
     for args, message in [
         (["search", "optuna", "--study", "b", "--sampler", "nope"], "--sampler must be one of tpe"),
         (["search", "optuna", "--study", "b", "--objective", "x"], "--objective must be one of train, plasticity"),
-        (["search", "taguchi", "--study", "c", "--factors", str(factors), "--objective", "plasticity"],
-         "--objective must be one of train, synthetic"),
-        (["search", "optuna", "--study", "b", "--strategies", "cbp", "--params", "tau"],
-         "--params 'tau' is not a searchable parameter of cbp"),
-        (["search", "optuna", "--study", "b", "--objective", "plasticity", "--data", "x.txt"],
-         "--data does not apply to --objective plasticity"),
+        (
+            ["search", "taguchi", "--study", "c", "--factors", str(factors), "--objective", "plasticity"],
+            "--objective must be one of train, synthetic",
+        ),
+        (
+            ["search", "optuna", "--study", "b", "--strategies", "cbp", "--params", "tau"],
+            "--params 'tau' is not a searchable parameter of cbp",
+        ),
+        (
+            ["search", "optuna", "--study", "b", "--objective", "plasticity", "--data", "x.txt"],
+            "--data does not apply to --objective plasticity",
+        ),
         (["search", "optuna", "--study", "b", "--storage", "not-a-url"], "is not a database URL"),
         (["search", "taguchi", "--study", "c", "--factors", "missing.toml"], "factors file not found"),
         (["search", "taguchi", "--study", "c", "--factors", str(factors), "--array", "L99"], "unknown"),

@@ -38,6 +38,13 @@ def plasticity(
     probe_every: Annotated[int, typer.Option(help="probe every this many tasks (and at the last); 0: no probe")] = 1,
     last: Annotated[int, typer.Option(help="the table averages over this many last tasks (at most --tasks)")] = 10,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    tuned: Annotated[
+        str | None,
+        typer.Option(
+            help="search study folders (comma-separated, or a folder of them): each method runs with "
+            "its study's best parameters"
+        ),
+    ] = None,
     set_: SetOption = None,
 ) -> None:
     """A sequence of random languages on the same weights, every method on the same seeds and
@@ -46,6 +53,7 @@ def plasticity(
     command again continues a stopped benchmark."""
     from apoptosis.plasticity.benchmark import Settings, parse_shard, run_benchmark
     from apoptosis.plasticity.report import results_tables
+    from apoptosis.plasticity.tuning import read_tuned
 
     if shard is not None and name is None:
         raise ApoptosisError("--shard needs --name: every shard writes into the same folder")
@@ -54,8 +62,10 @@ def plasticity(
     order_list = distinct_names(orders, "--orders")
     if not all(order.isdigit() for order in order_list):
         raise ApoptosisError(f"--orders must list whole numbers, e.g. 1,2,3, got {orders!r}")
+    method_names = tuple(distinct_names(methods, "--methods"))
+    tuned_folders = [Path(p) for p in distinct_names(tuned, "--tuned")] if tuned else []
     settings = Settings(
-        methods=tuple(distinct_names(methods, "--methods")),
+        methods=method_names,
         tasks=tasks,
         steps_per_task=steps_per_task,
         seeds=seeds,
@@ -70,9 +80,13 @@ def plasticity(
         probe_every=probe_every,
         device=device,
         sets=tuple(set_ or ()),
+        tuned=read_tuned(tuned_folders, method_names),
     )
     name = name or default_name("plasticity")
     out_dir = runs_dir / name
+    for method, param, value in settings.tuned:
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        console.print(f"tuned: {method} {param}={shown}")
     frame, cells = run_benchmark(settings, out_dir, console, parse_shard(shard), workers)
     done = frame.groupby(["method", "seed"]).ngroups if len(frame) else 0
     if done:

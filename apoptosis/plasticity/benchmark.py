@@ -40,6 +40,7 @@ from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.io import atomic_write_json, atomic_write_text
 from apoptosis.plasticity.measures import copy_model, fresh_model, network_state, probe_loss
 from apoptosis.plasticity.tasks import PROBE, Task, TaskFamily
+from apoptosis.plasticity.tuning import Tuned, tuned_params
 from apoptosis.training import CHECKPOINT, Trainer
 
 COLUMNS = [
@@ -69,6 +70,7 @@ class Settings:
     probe_every: int = 1  # 0: no probe (the quickest run, e.g. for tuning on excess loss)
     device: str = "cpu"
     sets: tuple[str, ...] = ()  # --set: strategy.X / then.X to the methods that have X, the rest to every run
+    tuned: Tuned = ()  # --tuned: (method, parameter, value) from search studies, over --set
 
     def validate(self) -> None:
         """One line naming the option, for sizes the benchmark cannot run."""
@@ -137,11 +139,19 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def plan_cells(settings: Settings, out_dir: Path) -> list[PlannedRun]:
-    """Every (method, seed), method by method: unknown methods and parameters fail here."""
+    """Every (method, seed), method by method, each with its tuned parameters: unknown methods
+    and parameters fail here."""
+    from apoptosis.core.strategy import build_strategy
+
     base = settings.base_config()
     seeds = list(range(1, settings.seeds + 1))
     strategy_sets, then_sets = settings.method_sets("strategy"), settings.method_sets("then")
-    return plan_runs(base, list(settings.methods), seeds, strategy_sets, out_dir, then_sets)
+    cells = plan_runs(base, list(settings.methods), seeds, strategy_sets, out_dir, then_sets)
+    for cell in cells:
+        strategy = cell.config.strategy
+        strategy.params.update(tuned_params(settings.tuned, strategy.name))
+        build_strategy(strategy.name, strategy.params)
+    return cells
 
 
 @contextmanager
@@ -157,6 +167,7 @@ def held(path: Path) -> Iterator[None]:
 def record_arguments(out_dir: Path, settings: Settings) -> None:
     """Save the options, or check them against those saved: the first that differs is named."""
     given = json.loads(json.dumps(asdict(settings)))
+    defaults = json.loads(json.dumps(asdict(Settings(methods=settings.methods))))  # for options added later
     path = out_dir / ARGUMENTS_FILE
     with held(out_dir / ".lock"):
         if not path.exists():
@@ -164,8 +175,8 @@ def record_arguments(out_dir: Path, settings: Settings) -> None:
             return
         saved = json.loads(path.read_text(encoding="utf-8"))
     for key, value in given.items():
-        if saved.get(key) != value:
-            option = "--set" if key == "sets" else f"--{key.replace('_', '-')}"
+        if saved.get(key, defaults[key]) != value:
+            option = {"sets": "--set", "tuned": "--tuned (parameters)"}.get(key, f"--{key.replace('_', '-')}")
             raise ApoptosisError(
                 f"{out_dir} holds a benchmark run with {option} {_shown(saved.get(key))}, not {_shown(value)}: "
                 "give the same options to continue it, or choose another --name"

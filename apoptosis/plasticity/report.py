@@ -2,7 +2,8 @@
 
 The table summarises where plasticity shows: the last tasks. For each seed the measures are
 averaged over the last ``last`` tasks, then over seeds, with a 95% t interval over the seeds
-(scipy); each method's training time per task is set against ``none``'s.
+(scipy); each method's training time per task is set against ``none``'s, and its losses against
+``none``'s and the fresh network's paired by seed.
 """
 
 from __future__ import annotations
@@ -53,6 +54,32 @@ def last_task_stats(frame: pd.DataFrame, last: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def paired_stats(frame: pd.DataFrame, last: int) -> pd.DataFrame:
+    """Per method, paired by seed over the last ``last`` tasks (every method meets the same tasks
+    on a seed, so the pairs cancel the tasks' own difficulty): the excess and probe loss minus
+    ``none``'s on the seeds both have, and the probe loss minus the fresh network's. Each is the
+    mean of the per-seed differences with the half-width of its 95% t interval (``<name>_ci``)."""
+    tail = frame[frame["task"] > frame["task"].max() - last].assign(
+        behind_fresh=lambda f: f["probe_loss"] - f["fresh_probe_loss"]
+    )
+    per_seed = tail.groupby(["method", "seed"], sort=False)[["excess_loss", "probe_loss", "behind_fresh"]].mean()
+    baseline = per_seed.xs(BASELINE, level="method") if BASELINE in per_seed.index.get_level_values(0) else None
+    rows = []
+    for method, group in per_seed.groupby(level="method", sort=False):
+        group = group.droplevel("method")
+        row: dict[str, object] = {"method": method, "behind_fresh": group["behind_fresh"].mean(),
+                                  "behind_fresh_ci": half_width(group["behind_fresh"])}  # fmt: skip
+        for column, name in (("excess_loss", "vs_none_excess"), ("probe_loss", "vs_none_probe")):
+            difference = (group[column] - baseline[column]).dropna() if baseline is not None else pd.Series()
+            row[name], row[f"{name}_ci"], row["paired_seeds"] = (
+                difference.mean(),
+                half_width(difference),
+                len(difference),
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def results_tables(frame: pd.DataFrame, last: int, title: str) -> list[Table]:
     """The last tasks' means ± 95% intervals per method in two tables that fit 80 columns: the
     losses with each method's extra time, then the state of the network."""
@@ -80,7 +107,19 @@ def results_tables(frame: pd.DataFrame, last: int, title: str) -> list[Table]:
         losses.add_row(str(row["method"]), str(row["seeds"]), cells["excess_loss"], cells["probe_loss"],
                        cells["fresh_probe_loss"], f"{seconds:.1f}", extra)  # fmt: skip
         state.add_row(str(row["method"]), cells["dormant_fraction"], cells["effective_rank"], cells["weight_norm"])
-    return [losses, state]
+    paired = _table(
+        "paired by seed (the same means; a difference is shown where both have the seed)",
+        f"excess, probe: the method's minus {BASELINE}'s on the same seeds (negative: better than {BASELINE}); "
+        "probe - fresh: above 0, the method learns a new task worse than a new network",
+        ["method", "seeds", f"excess - {BASELINE}", f"probe - {BASELINE}", "probe - fresh"],
+    )
+    for row in paired_stats(frame, last).to_dict("records"):
+        cells = {name: _mean_ci(row[name], row[f"{name}_ci"], "+.3f") for name in
+                 ("vs_none_excess", "vs_none_probe", "behind_fresh")}  # fmt: skip
+        seeds = str(row["paired_seeds"])
+        excess, probe = ("-", "-") if row["method"] == BASELINE else (cells["vs_none_excess"], cells["vs_none_probe"])
+        paired.add_row(str(row["method"]), seeds, excess, probe, cells["behind_fresh"])
+    return [losses, state, paired]
 
 
 def _table(title: str, caption: str, headings: list[str]) -> Table:
@@ -94,7 +133,7 @@ def _table(title: str, caption: str, headings: list[str]) -> Table:
 def _mean_ci(mean: float, ci: float, fmt: str) -> str:
     if pd.isna(mean):
         return "-"
-    return format(mean, fmt) if np.isnan(ci) else f"{format(mean, fmt)}±{format(ci, fmt)}"
+    return format(mean, fmt) if np.isnan(ci) else f"{format(mean, fmt)}±{format(ci, fmt.lstrip('+'))}"
 
 
 def plot_benchmark(frame: pd.DataFrame, out_dir: Path) -> None:
