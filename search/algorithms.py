@@ -8,7 +8,7 @@ import optuna
 
 from apoptosis.core.errors import ApoptosisError
 
-SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "grid")
 PRUNERS = ("median", "hyperband", "none")
 
 
@@ -27,6 +27,8 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
             return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=5, warn_independent_sampling=False)
         if name == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=5)
+        if name == "grid":  # the study enqueues every point of the grid itself (search.space.grid_points)
+            return optuna.samplers.RandomSampler(seed=seed)
         return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
 
 

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.io import atomic_write_text
-from apoptosis.search.space import apply_settings
+from apoptosis.search.space import apply_settings, grid_points
 from apoptosis.search.study import StudySpec, best_trial, coordinate, enqueue, queued, trials_frame
 
 
@@ -19,8 +19,14 @@ def run_optuna(spec: StudySpec, trials: int, workers: int, console: Console) -> 
     if trials < 1:
         raise ApoptosisError(f"--trials must be >= 1, got {trials}")
 
+    design = grid_points(spec.space, trials) if spec.sampler == "grid" else None
+
     def plan(study: optuna.Study) -> None:
         planned = [t for t in study.get_trials(deepcopy=False) if queued(t) and "retry_of" not in t.user_attrs]
+        if design is not None:  # a fixed design, enqueued once: a rerun adds only the points not yet planned
+            for params in design[len(planned) :]:
+                enqueue(study, params)
+            return
         for _ in range(trials - len(planned)):
             enqueue(study, {})
 

@@ -287,6 +287,31 @@ def _span(values: list[Any], known: BaseDistribution | None) -> BaseDistribution
     return FloatDistribution(float(low), float(high), log=log)
 
 
+def grid_points(space: SearchSpace, trials: int) -> list[dict[str, Any]]:
+    """``trials`` values of the one searched parameter, at the centres of equal bins of its range
+    (log bins where the range is log): an even cover for a small budget, where a random first
+    point or a quasi-random sequence can leave two of three trials side by side. Integers are
+    rounded and repeats dropped."""
+    dims = [(f"{s}.{k}", d) for s, ds in space.strategy_dims.items() for k, d in ds.items()]
+    dims += list(space.shared_dims.items())
+    if len(space.strategies) != 1 or len(dims) != 1 or isinstance(dims[0][1], CategoricalDistribution):
+        searched = ", ".join(name for name, _ in dims) or "(none)"
+        raise ApoptosisError(
+            f"--sampler grid searches one numeric parameter of one strategy (here: {searched}); "
+            "choose it with --params, or use another sampler"
+        )
+    name, dist = dims[0]
+    low, high = float(dist.low), float(dist.high)
+    points: list[Any] = []
+    for j in range(trials):
+        u = (j + 0.5) / trials
+        value = math.exp(math.log(low) + u * (math.log(high) - math.log(low))) if dist.log else low + u * (high - low)
+        value = round(value) if isinstance(dist, IntDistribution) else value
+        if value not in points:
+            points.append(value)
+    return [{name: value} for value in points]
+
+
 def unit_position(value: Any, dist: BaseDistribution) -> float:
     """Where ``value`` lies in ``dist`` on [0, 1] (log scale where the range is log); for a
     categorical, 0 for its first choice and 1 otherwise."""

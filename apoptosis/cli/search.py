@@ -77,7 +77,9 @@ def optuna_command(
     steps: Annotated[int, typer.Option(help="training steps per run (plasticity objective: per task)")] = 600,
     tasks: Annotated[int, typer.Option(help="plasticity objective: tasks in sequence per run")] = 20,
     seeds: Seeds = 1,
-    sampler: Annotated[str, typer.Option(help="tpe, random, cmaes, gp or qmc")] = "tpe",
+    sampler: Annotated[
+        str, typer.Option(help="tpe, random, cmaes, gp, qmc or grid (one parameter, --trials even points)")
+    ] = "tpe",
     sampler_seed: Annotated[int, typer.Option(help="seed of the sampler (worker i uses seed + i)")] = 0,
     pruner: Annotated[str, typer.Option(help="median, hyperband or none")] = "median",
     storage: Storage = None,
