@@ -17,7 +17,14 @@ from apoptosis.core.errors import ApoptosisError
 from apoptosis.search.compare import compare_searches
 from apoptosis.search.objective import SyntheticObjective
 from apoptosis.search.optuna_search import run_optuna
-from apoptosis.search.space import Factors, LevelSpace, SearchSpace, apply_settings, strategy_distributions
+from apoptosis.search.space import (
+    Factors,
+    LevelSpace,
+    SearchSpace,
+    apply_settings,
+    grid_points,
+    strategy_distributions,
+)
 from apoptosis.search.study import StudySpec
 from apoptosis.search.taguchi import run_taguchi
 from tests.conftest import tiny_run_config
@@ -116,6 +123,23 @@ def test_synthetic_objective_has_its_stated_optimum():
 
 
 # --- Optuna studies --------------------------------------------------------------------------
+
+
+def test_grid_puts_one_parameter_at_the_centres_of_equal_bins(tmp_path):
+    cbp = SearchSpace.from_registry(["cbp"], [], {}, only=["replacement_rate"])  # log range 1e-6 .. 1e-2
+    values = [point["cbp.replacement_rate"] for point in grid_points(cbp, 3)]
+    assert values == pytest.approx([1e-6 * 10 ** (4 / 6), 1e-4, 1e-6 * 10 ** (20 / 6)])
+    shrink = SearchSpace.from_registry(["shrink_perturb"], [], {}, only=["shrink"])  # linear 0.1 .. 1.0
+    assert [p["shrink_perturb.shrink"] for p in grid_points(shrink, 3)] == pytest.approx([0.25, 0.55, 0.85])
+    maturity = SearchSpace.from_registry(["standard"], [], {}, only=["maturity"])  # integers 0 .. 1000
+    assert [p["standard.maturity"] for p in grid_points(maturity, 4)] == [125, 375, 625, 875]
+    with pytest.raises(ApoptosisError, match="--sampler grid searches one numeric parameter"):
+        grid_points(SearchSpace.from_registry(["cbp"], [], {}), 3)
+    spec = spec_for(tmp_path, shrink, sampler="grid", pruner="none")
+    run_optuna(spec, 3, 1, QUIET)
+    study = run_optuna(spec, 3, 1, QUIET)  # a rerun plans nothing more
+    ran = sorted(t.user_attrs["settings"]["strategy.shrink"] for t in study.trials)
+    assert ran == pytest.approx([0.25, 0.55, 0.85])
 
 
 def test_optuna_study_runs_exactly_its_trials_resumes_and_writes_results(tmp_path):
