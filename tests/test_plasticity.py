@@ -205,6 +205,13 @@ def test_shards_cover_the_grid_once_and_the_results_have_one_row_per_cell_and_ta
     pd.testing.assert_frame_equal(again, frame)
 
 
+def test_cells_run_seed_by_seed(tmp_path, monkeypatch) -> None:
+    order = []
+    monkeypatch.setattr(CellRun, "run", lambda self: order.append((self.cell.strategy, self.cell.seed)))
+    run_benchmark(tiny(methods=("none", "full_reset"), seeds=2), tmp_path, QUIET)
+    assert order == [("none", 1), ("full_reset", 1), ("none", 2), ("full_reset", 2)]
+
+
 class Killed(Exception):
     pass
 

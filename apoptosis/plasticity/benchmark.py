@@ -277,8 +277,11 @@ def rows_written(cells: list[PlannedRun]) -> int:
 
 
 def run_cells(cells: list[PlannedRun], settings: Settings, out_dir: Path, workers: int, console: Console) -> None:
-    """Every unfinished cell of ``cells``, in ``workers`` processes, with a progress bar over tasks."""
-    pending = [cell for cell in cells if not cell_done(cell)]
+    """Every unfinished cell of ``cells``, in ``workers`` processes, with a progress bar over tasks.
+    Cells run seed by seed (every method's seed 1, then every method's seed 2, ...), so a
+    benchmark stopped part way has every method on its first seeds, and workers share a seed's
+    fresh probes."""
+    pending = sorted((cell for cell in cells if not cell_done(cell)), key=lambda cell: cell.seed)
     columns = [TextColumn("[bold]plasticity"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
                TimeElapsedColumn(), TimeRemainingColumn()]  # fmt: skip
     with Progress(*columns, console=console) as progress:
