@@ -25,7 +25,12 @@ def test_bench_writes_every_figure_to_json(tmp_path: Path, monkeypatch) -> None:
         main()
     assert exited.value.code in (0, None)
     figures = json.loads(out.read_text())
-    for key in ("eager_none_tokens_per_s", "sample_chars_per_s", "sample_chars_per_s_uncached", "peak_rss_mb", "mfu"):
+    keys = ("eager_none_tokens_per_s", "compiled_none_tokens_per_s", "compiled_standard_tokens_per_s",
+            "sample_chars_per_s", "sample_chars_per_s_uncached", "peak_rss_mb", "mfu")  # fmt: skip
+    for key in keys:
         assert figures[key] > 0, key
-    assert figures["events"]["standard"] >= 1  # the strategy's events are part of what is timed
+    assert figures["compile_seconds"] > 0  # the first compiled step compiles, and is left out of tokens/s
+    assert figures["events"]["standard compiled"] == figures["events"]["standard"] >= 1
+    speedup = figures["compiled_none_tokens_per_s"] / figures["eager_none_tokens_per_s"]
+    assert figures["compile_speedup"] == pytest.approx(speedup)
     assert figures["mfu"] == pytest.approx(figures["hardware_share"])

@@ -1,7 +1,8 @@
 """``apoptosis bench``: what a strategy costs in throughput, measured side by side.
 
-Runs of ``none`` and the strategy alternate (none, strategy, none, strategy, ...) under one
-config, so drift of a noisy machine hits both; the ratio of median tokens/s is the result.
+Runs of ``none`` and the strategy, eager and compiled (``trainer.compile``), alternate under one
+config, so drift of a noisy machine hits all of them; ratios of median tokens/s are the result.
+Tokens/s leave out each run's first step, where a compiled run compiles (reported apart).
 Training time includes the fitness hooks and every event. The model's FLOP/s is also set
 against the float32 matmul FLOP/s this machine reaches, to show how far from the hardware the
 small model runs. Sampling is timed with and without the key/value cache, alternating too.
@@ -84,23 +85,42 @@ def _bench_config(config: RunConfig, strategy: str) -> RunConfig:
     return config
 
 
+def _compiled(config: RunConfig) -> RunConfig:
+    config = copy.deepcopy(config)
+    config.trainer.compile = True
+    return config
+
+
+def steady_tokens_per_s(trainer: Trainer) -> float:
+    """Tokens/s after the run's first step, which for a compiled run includes compiling it."""
+    totals, steps = trainer.totals, trainer.config.trainer.steps
+    if steps < 2 or trainer.first_step_s is None:
+        return totals.tokens / totals.train_time_s
+    return totals.tokens * (steps - 1) / steps / (totals.train_time_s - trainer.first_step_s)
+
+
 def run_bench(config: RunConfig, strategy: str, repeats: int, console: Console) -> dict[str, Any]:
-    configs = {"none": _bench_config(config, "none"), strategy: _bench_config(config, strategy)}
+    """Eager and compiled runs of ``none`` and ``strategy``, alternating, ``repeats`` times each."""
+    eager = {"none": _bench_config(config, "none"), strategy: _bench_config(config, strategy)}
+    configs = {**eager, **{f"{name} compiled": _compiled(cfg) for name, cfg in eager.items()}}
     tokens_per_s: dict[str, list[float]] = {name: [] for name in configs}
+    first_step_s: dict[str, list[float]] = {name: [] for name in configs}
     events: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp, Progress(console=console, transient=True) as progress:
         task = progress.add_task("bench", total=repeats * len(configs))
         for r in range(repeats):
             for name, cfg in configs.items():
-                trainer = Trainer(copy.deepcopy(cfg), Path(tmp) / f"{name}-{r}", show_progress=False)
+                trainer = Trainer(copy.deepcopy(cfg), Path(tmp) / f"{name}-{r}".replace(" ", "-"), show_progress=False)
                 trainer.fit()
-                tokens_per_s[name].append(trainer.totals.tokens / trainer.totals.train_time_s)
+                tokens_per_s[name].append(steady_tokens_per_s(trainer))
+                first_step_s[name].append(trainer.first_step_s or 0.0)
                 events[name] = trainer.totals.events
                 progress.advance(task)
         flops_per_token = model_flops_per_token(trainer.model)
         sampling = sample_speed(trainer.model, repeats=repeats)
     hardware = matmul_flops_per_s(device=config.trainer.device)
     medians = {name: statistics.median(v) for name, v in tokens_per_s.items()}
+    tokens_per_step = config.trainer.batch_size * config.model.block_size
     return {
         "strategy": strategy,
         "strategy_params": configs[strategy].strategy.params,
@@ -115,11 +135,21 @@ def run_bench(config: RunConfig, strategy: str, repeats: int, console: Console) 
         "matmul_flops_per_s": hardware,
         "hardware_share": flops_per_token * medians["none"] / hardware,
         "eager_none_tokens_per_s": medians["none"],
+        "compiled_none_tokens_per_s": medians["none compiled"],
+        f"compiled_{strategy}_tokens_per_s": medians[f"{strategy} compiled"],
+        "compile_speedup": medians["none compiled"] / medians["none"],
+        "compiled_throughput_ratio": medians[f"{strategy} compiled"] / medians["none compiled"],
+        "compile_seconds": statistics.median(first_step_s["none compiled"])
+        - tokens_per_step / medians["none compiled"],
         "sample_chars_per_s": sampling["cached"],
         "sample_chars_per_s_uncached": sampling["uncached"],
         "peak_rss_mb": peak_rss_mb(),
         "mfu": flops_per_token * medians["none"] / hardware,
     }
+
+
+def _verdict(met: bool) -> str:
+    return "[green]meets[/]" if met else "[red]misses[/]"
 
 
 def print_bench(result: dict[str, Any], console: Console) -> None:
@@ -129,7 +159,7 @@ def print_bench(result: dict[str, Any], console: Console) -> None:
     table.add_column("tokens/s (median)", justify="right")
     table.add_column("runs", justify="right")
     table.add_column("events per run", justify="right")
-    for name in ("none", s):
+    for name in result["tokens_per_s"]:
         runs = ", ".join(f"{v:,.0f}" for v in result["tokens_per_s"][name])
         table.add_row(name, f"{result['median_tokens_per_s'][name]:,.0f}", runs, f"{result['events'][name]}")
     console.print(table)
@@ -137,6 +167,12 @@ def print_bench(result: dict[str, Any], console: Console) -> None:
     verdict = "[green]within[/]" if ratio >= 0.95 else "[red]outside[/]"
     console.print(f"{s} params: {result['strategy_params']}")
     console.print(f"throughput ratio {s}/none: {ratio:.3f} ({verdict} the 5% budget: >= 0.950)")
+    speedup, compiled_ratio = result["compile_speedup"], result["compiled_throughput_ratio"]
+    console.print(
+        f"compiled none/eager none: {speedup:.2f}x ({_verdict(speedup >= 1.2)} the goal >= 1.2x); compiled {s}/"
+        f"compiled none: {compiled_ratio:.3f} ({_verdict(compiled_ratio >= 0.98)} the goal >= 0.98); compiling "
+        f"took {result['compile_seconds']:.1f} s (the first step, left out of tokens/s)"
+    )
     console.print(
         f"model: {result['model_flops_per_token'] / 1e6:.2f} MFLOP/token -> {result['model_flops_per_s'] / 1e9:.2f} "
         f"GFLOP/s; float32 matmul on this machine: {result['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; "

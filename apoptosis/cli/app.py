@@ -28,6 +28,14 @@ SetOption = Annotated[
         "--set", help="override a setting: section.key=value (e.g. model.n_layer=2, strategy.prune_rate=0.05)"
     ),
 ]
+CompileOption = Annotated[
+    bool, typer.Option("--compile", help="torch.compile the training step (trainer.compile; see apoptosis bench)")
+]
+
+
+def with_compile(sets: list[str] | None, compile_: bool) -> list[str] | None:
+    """``--compile`` is ``--set trainer.compile=true``, recorded in every run's config."""
+    return [*(sets or []), "trainer.compile=true"] if compile_ else sets
 
 
 def build_config(

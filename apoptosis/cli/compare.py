@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from apoptosis.cli.app import SetOption, app, build_config, console, default_name, distinct_names, split_set_options
+from apoptosis.cli.app import (
+    CompileOption,
+    SetOption,
+    app,
+    build_config,
+    console,
+    default_name,
+    distinct_names,
+    split_set_options,
+    with_compile,
+)
 from apoptosis.core.errors import ApoptosisError
 
 
@@ -25,6 +35,7 @@ def compare(
     config: Annotated[Path | None, typer.Option(help="TOML config file for every run")] = None,
     set_: SetOption = None,
     workers: Annotated[int, typer.Option(help="runs in parallel processes")] = 1,
+    compile_: CompileOption = False,
 ) -> None:
     """Every strategy under one config and the same seeds: compare.csv, a table against `none`
     with paired and Welch 95% intervals, and plots; the same command again continues a stopped
@@ -33,7 +44,7 @@ def compare(
     from apoptosis.analysis.compare import comparison_tables
 
     names = distinct_names(strategies, "--strategies")
-    sets, other_sets = split_set_options(set_)
+    sets, other_sets = split_set_options(with_compile(set_, compile_))
     base = build_config(config, "none", "", steps, None, data, device, other_sets)
     name = name or default_name("compare")
     out_dir = runs_dir / name

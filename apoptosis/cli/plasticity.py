@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from apoptosis.cli.app import SetOption, app, console, default_name, distinct_names
+from apoptosis.cli.app import CompileOption, SetOption, app, console, default_name, distinct_names, with_compile
 from apoptosis.core.errors import ApoptosisError
 
 
@@ -46,6 +46,7 @@ def plasticity(
         ),
     ] = None,
     set_: SetOption = None,
+    compile_: CompileOption = False,
 ) -> None:
     """A sequence of random languages on the same weights, every method on the same seeds and
     tasks: excess loss per task, probe loss against a fresh network, dormant fraction, effective
@@ -79,7 +80,7 @@ def plasticity(
         probe_steps=probe_steps,
         probe_every=probe_every,
         device=device,
-        sets=tuple(set_ or ()),
+        sets=tuple(with_compile(set_, compile_) or ()),
         tuned=read_tuned(tuned_folders, method_names),
     )
     name = name or default_name("plasticity")

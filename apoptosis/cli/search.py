@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from apoptosis.cli.app import app, build_config, console, default_name, distinct_names, split_set_options
+from apoptosis.cli.app import (
+    CompileOption,
+    app,
+    build_config,
+    console,
+    default_name,
+    distinct_names,
+    split_set_options,
+    with_compile,
+)
 from apoptosis.core.errors import ApoptosisError
 
 search_app = typer.Typer(
@@ -92,6 +101,7 @@ def optuna_command(
     device: Device = None,
     config: ConfigFile = None,
     set_: SetOpt = None,
+    compile_: CompileOption = False,
 ) -> None:
     """An Optuna study over strategy parameters (ranges from each strategy's declaration).
     Re-running the same command resumes it; the same command on other machines with the same
@@ -110,7 +120,7 @@ def optuna_command(
     if pruner not in PRUNERS:
         raise ApoptosisError(f"--pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
     names = distinct_names(strategies, "--strategies", required=False)
-    sets, other_sets = split_set_options(set_, sections=("strategy",))
+    sets, other_sets = split_set_options(with_compile(set_, compile_), sections=("strategy",))
     benchmark = None
     if objective == "plasticity":
         benchmark = _plasticity_settings(names, tasks, steps, seeds, device, other_sets, config, data, factors)
@@ -190,6 +200,7 @@ def taguchi_command(
     device: Device = None,
     config: ConfigFile = None,
     set_: SetOpt = None,
+    compile_: CompileOption = False,
 ) -> None:
     """Every row of an orthogonal array (seeds as noise replicates), then S/N, response table,
     ANOVA with % contribution, the predicted optimum with its interval and a confirmation run."""
@@ -201,7 +212,8 @@ def taguchi_command(
     _check_objective(objective)
     _check_counts(steps, seeds)
     factor_file = Factors.from_toml_file(factors)
-    base = factor_file.base_config(build_config(config, None, None, steps, None, data, device, set_))
+    sets = with_compile(set_, compile_)
+    base = factor_file.base_config(build_config(config, None, None, steps, None, data, device, sets))
     spec = StudySpec(
         name=study,
         study_dir=runs_dir / study,
@@ -237,6 +249,7 @@ def compare_command(
     device: Device = None,
     config: ConfigFile = None,
     set_: SetOpt = None,
+    compile_: CompileOption = False,
 ) -> None:
     """Taguchi (one array + confirmation) against Optuna TPE and random search with the same
     number of trials, on the same objective and seeds: best value found, value re-measured on
@@ -247,7 +260,8 @@ def compare_command(
     _check_objective(objective)
     _check_counts(steps, seeds)
     factor_file = Factors.from_toml_file(factors)
-    base = factor_file.base_config(build_config(config, None, None, steps, None, data, device, set_))
+    sets = with_compile(set_, compile_)
+    base = factor_file.base_config(build_config(config, None, None, steps, None, data, device, sets))
     name = name or default_name("search-compare")
     out_dir = runs_dir / name
     frame = compare_searches(factor_file, base, objective, steps, seeds, array, trials, repeats, out_dir, console)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from apoptosis.cli.app import SetOption, app, build_config, console, default_name
+from apoptosis.cli.app import CompileOption, SetOption, app, build_config, console, default_name, with_compile
 from apoptosis.core.config import RunConfig
 from apoptosis.core.errors import ApoptosisError
 
@@ -31,6 +31,7 @@ def train(
     tensorboard: Annotated[
         bool, typer.Option(help="also write TensorBoard logs to RUN/tensorboard/ (pip install tensorboard)")
     ] = False,
+    compile_: CompileOption = False,
 ) -> None:
     """Train the char-level transformer with an apoptosis strategy; write runs/NAME/."""
     from apoptosis.analysis.report import print_ages, summary_table
@@ -38,6 +39,7 @@ def train(
 
     if tensorboard:  # the same as --set trainer.tensorboard=true
         set_ = [*(set_ or []), "trainer.tensorboard=true"]
+    set_ = with_compile(set_, compile_)
     if resume:
         if name is None:
             raise ApoptosisError("--resume needs --name RUN (the run folder to continue)")

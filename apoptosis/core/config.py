@@ -83,6 +83,7 @@ class TrainerConfig:
     seed: int = 1337
     device: str = "cpu"
     tensorboard: bool = False  # also write TensorBoard scalars and age histograms to RUN/tensorboard/
+    compile: bool = False  # torch.compile the training forward and backward (recompiled after a change of shape)
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "eval_interval", "eval_batches", "log_interval", "checkpoint_interval"):

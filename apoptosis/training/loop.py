@@ -110,6 +110,10 @@ class Trainer:
         )
 
         self.model = GPT(config.model).to(self.device)
+        # The training step's forward: compiled, it shares the model's parameters, so surgery and the
+        # optimizer see one set of tensors; a change of shape (growth) makes torch recompile it.
+        self.train_forward = torch.compile(self.model) if t.compile else self.model
+        self.first_step_s: float | None = None  # this process's first step (a compiled run compiles there)
         self.optimizer = build_optimizer(self.model, config)
         self.lineage = Lineage.founders(self.model.mlp_widths())
         self.fitness = FitnessTracker(self.model, config.fitness.metric, config.fitness.ema_decay, seed=t.seed + 3)
@@ -221,7 +225,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x, y = self.data.batch("train", t.batch_size, self.generators["batches"], self.device)
-        _, loss = self.model(x, y)
+        _, loss = self.train_forward(x, y)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             self._diverged(f"training loss became {loss_value}")
@@ -267,6 +271,8 @@ class Trainer:
             strategy.on_step_end(ctx)  # events: their effect is in events.jsonl, per layer
         self._synchronize()
         elapsed += time.perf_counter() - started  # surgery is training time; evaluation is not
+        if self.first_step_s is None:
+            self.first_step_s = elapsed
         tot.train_time_s += elapsed
         tot.pending_time_s += elapsed
 
