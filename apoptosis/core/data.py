@@ -119,15 +119,23 @@ class CharVocab:
         return len(self.chars)
 
     def encode(self, text: str) -> torch.Tensor:
-        """Text -> int64 tensor; vectorised because the default corpus has five million chars."""
-        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
-        ids = np.searchsorted(self._codepoints, cps)
-        ids = np.clip(ids, 0, len(self.chars) - 1)
-        unknown = self._codepoints[ids] != cps
-        if unknown.any():
-            bad = chr(int(cps[np.argmax(unknown)]))
-            raise ApoptosisError(f"character {bad!r} is not in the vocabulary of this run")
-        return torch.from_numpy(ids)
+        """Text -> int64 tensor (a prompt, a short text)."""
+        return torch.from_numpy(self.encode_ids(text, np.dtype(np.int64)))
+
+    def encode_ids(self, text: str, dtype: np.dtype, chunk: int = 1 << 20) -> np.ndarray:
+        """Text -> ids of ``dtype``, vectorised (the default corpus has five million chars) and
+        ``chunk`` characters at a time, so a corpus costs its ids plus a few MB, not 20 bytes a
+        character of temporaries."""
+        ids = np.empty(len(text), dtype=dtype)
+        for start in range(0, len(text), chunk):
+            cps = np.frombuffer(text[start : start + chunk].encode("utf-32-le"), dtype=np.uint32)
+            found = np.clip(np.searchsorted(self._codepoints, cps), 0, len(self.chars) - 1)
+            unknown = self._codepoints[found] != cps
+            if unknown.any():
+                bad = chr(int(cps[np.argmax(unknown)]))
+                raise ApoptosisError(f"character {bad!r} is not in the vocabulary of this run")
+            ids[start : start + len(cps)] = found
+        return ids
 
     def decode(self, ids: torch.Tensor | list[int]) -> str:
         return "".join(self.chars[int(i)] for i in ids)
@@ -151,7 +159,7 @@ def ids_tensor(ids: np.ndarray, n_chars: int) -> torch.Tensor:
     return torch.from_numpy(ids)
 
 
-def _counts(ids: torch.Tensor, n: int, piece: int = 1 << 22) -> np.ndarray:
+def _counts(ids: torch.Tensor, n: int, piece: int = 1 << 20) -> np.ndarray:
     """How often each of ``n`` ids occurs, counted a piece at a time so a large corpus is never
     copied whole into 8-byte integers."""
     array = ids.numpy()
@@ -183,7 +191,7 @@ class CharDataset:
         cls, text: str, block_size: int, val_fraction: float = 0.1, vocab: CharVocab | None = None
     ) -> CharDataset:
         vocab = vocab or CharVocab.from_text(text)
-        ids = vocab.encode(text).numpy().astype(smallest_dtype(len(vocab)))
+        ids = vocab.encode_ids(text, smallest_dtype(len(vocab)))
         return cls.from_ids(vocab, ids, block_size, val_fraction)
 
     @classmethod

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from scipy import stats
 
 from apoptosis.core.io import atomic_write_text
+
+if TYPE_CHECKING:  # pandas and scipy are imported where used, never on the training path
+    import pandas as pd
 
 
 @dataclass
@@ -107,6 +108,8 @@ class Lineage:
         ages = self.ages(step, layer)
         if len(ages) == 0 or step <= 0:
             return 0.0
+        from scipy import stats
+
         counts, _ = np.histogram(ages, bins=bins, range=(0, step))
         return max(0.0, float(stats.entropy(counts, base=bins)))  # max: no -0.0
 
@@ -137,6 +140,8 @@ class Lineage:
     # --- export and persistence ---------------------------------------------------------------
 
     def to_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         rows = []
         for r in self.records:
             row = asdict(r)
@@ -171,6 +176,8 @@ class Lineage:
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> Lineage:
         """Rebuild from ``lineage.csv`` (for ``apoptosis ages`` on a finished run)."""
+        import pandas as pd
+
         lineage = cls()
         n_layers = int(frame["layer"].max()) + 1 if len(frame) else 0
         lineage.slots = [[] for _ in range(n_layers)]
