@@ -21,6 +21,7 @@ from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.params import type_word
 
 ACTIVATIONS = ("gelu", "relu")
+AUTOCASTS = ("none", "bf16")
 
 
 @dataclass
@@ -84,6 +85,9 @@ class TrainerConfig:
     device: str = "cpu"
     tensorboard: bool = False  # also write TensorBoard scalars and age histograms to RUN/tensorboard/
     compile: bool = False  # torch.compile the training forward and backward (recompiled after a change of shape)
+    fused_adamw: bool = False  # AdamW's fused kernel (CUDA, and CPU): one kernel for every parameter's update
+    tf32: bool = False  # CUDA only: TensorFloat-32 matmuls and convolutions
+    autocast: str = "none"  # "bf16": the training forward in bfloat16 autocast (weights and optimizer stay float32)
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "eval_interval", "eval_batches", "log_interval", "checkpoint_interval"):
@@ -96,6 +100,13 @@ class TrainerConfig:
         _check(
             re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
             f"trainer.device must be cpu, cuda or cuda:N, got {self.device!r}",
+        )
+        _check(
+            self.autocast in AUTOCASTS, f"trainer.autocast must be one of {', '.join(AUTOCASTS)}, got {self.autocast!r}"
+        )
+        _check(
+            not self.tf32 or self.device.startswith("cuda"),
+            "trainer.tf32 needs trainer.device cuda (TF32 is a GPU format)",
         )
 
 

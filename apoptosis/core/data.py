@@ -232,4 +232,6 @@ class CharDataset:
         x, y = windows[:, :-1], windows[:, 1:]
         if self.targets is not None:
             y = self.targets[split][starts[:, None] + offsets[:-1]].long()
+        if torch.device(device).type == "cuda":  # page-locked, so the copies overlap the GPU's work
+            x, y = x.pin_memory(), y.pin_memory()
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)

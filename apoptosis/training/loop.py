@@ -9,6 +9,7 @@ Its neighbours do the rest: ``run_folder`` (files), ``checkpoint`` (exact resume
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
@@ -114,6 +115,8 @@ class Trainer:
         # optimizer see one set of tensors; a change of shape (growth) makes torch recompile it.
         self.train_forward = torch.compile(self.model) if t.compile else self.model
         self.first_step_s: float | None = None  # this process's first step (a compiled run compiles there)
+        if t.tf32:  # validated: CUDA only
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.optimizer = build_optimizer(self.model, config)
         self.lineage = Lineage.founders(self.model.mlp_widths())
         self.fitness = FitnessTracker(self.model, config.fitness.metric, config.fitness.ema_decay, seed=t.seed + 3)
@@ -180,6 +183,12 @@ class Trainer:
         """Loss on the current corpus's fixed probe batch: what an event disrupts."""
         return self.evaluator.probe_loss(self.current_corpus)
 
+    def precision(self) -> contextlib.AbstractContextManager:
+        """The training forward's autocast (``trainer.autocast``): bfloat16 matmuls, float32
+        weights, gradients and optimizer state."""
+        enabled = self.config.trainer.autocast == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
     def fit(self) -> dict[str, Any]:
         """Train to ``trainer.steps`` (from the checkpoint's step after a resume); then finish. The
         run folder is released at the end, however the run ends."""
@@ -225,7 +234,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x, y = self.data.batch("train", t.batch_size, self.generators["batches"], self.device)
-        _, loss = self.train_forward(x, y)
+        with self.precision():
+            _, loss = self.train_forward(x, y)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             self._diverged(f"training loss became {loss_value}")

@@ -25,9 +25,10 @@ def lr_at(step: int, config: RunConfig) -> float:
 
 
 def build_optimizer(model: GPT, config: RunConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (embeddings and linear weights)."""
+    """AdamW with weight decay on matrices only (embeddings and linear weights); its fused kernel
+    with ``trainer.fused_adamw`` (the same update, one kernel for all parameters)."""
     t = config.trainer
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=t.fused_adamw or None)

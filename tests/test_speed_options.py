@@ -1,0 +1,68 @@
+"""The speed options of the trainer: ``trainer.compile`` follows the eager step within float
+tolerance, through a change of shape (growth recompiles it) and across a resume; the fused AdamW
+kernel gives the same updates through surgery; bfloat16 autocast trains to nearly the same
+losses; options that cannot apply are one-line errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from apoptosis.training import Trainer
+from tests.conftest import tiny_run_config
+from tests.test_cli import run_main
+
+
+class Killed(Exception):
+    pass
+
+
+def train_losses(config, run_dir, resume: bool = False) -> pd.Series:
+    Trainer(config, run_dir, resume=resume, show_progress=False).fit()
+    return pd.read_csv(run_dir / "metrics.csv").set_index("step")["train_loss"]
+
+
+def killed_at_step_20(step: int, val_loss: float) -> None:
+    if step == 20:  # evaluated, not yet checkpointed: the resume starts from step 10
+        raise Killed
+
+
+def test_compiled_growth_follows_eager_and_resumes(tmp_path) -> None:
+    config = tiny_run_config(tmp_path, steps=30, strategy="growth_only", interval=10, growth_rate=0.25)
+    config.trainer.log_interval = 1
+    eager = train_losses(config, tmp_path / "eager")
+    config.trainer.compile = True
+    compiled = train_losses(config, tmp_path / "compiled")
+    widths = pd.read_csv(tmp_path / "compiled" / "metrics.csv")["neurons"]
+    assert widths.iloc[-1] > widths.iloc[0]  # the layers grew, so the compiled step met new shapes
+    pd.testing.assert_series_equal(compiled, eager, rtol=1e-4, atol=1e-4)  # new neurons train as in eager
+    with pytest.raises(Killed):
+        Trainer(config, tmp_path / "resumed", show_progress=False, on_evaluate=killed_at_step_20).fit()
+    resumed = train_losses(config, tmp_path / "resumed", resume=True)
+    pd.testing.assert_series_equal(resumed, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_adamw_matches_through_surgery_and_bf16_autocast_stays_close(tmp_path) -> None:
+    config = tiny_run_config(tmp_path, steps=30, strategy="standard", interval=10, maturity=0)
+    config.trainer.log_interval = 1
+    plain = train_losses(config, tmp_path / "plain")
+    config.trainer.fused_adamw = True
+    fused = train_losses(config, tmp_path / "fused")
+    events = (tmp_path / "fused" / "events.jsonl").read_text().count('"kind": "standard"')
+    assert events == 4  # steps 10 and 20, each layer: replacements reset the fused optimizer's state per neuron
+    pd.testing.assert_series_equal(fused, plain, rtol=1e-5, atol=1e-5)
+    config.trainer.fused_adamw, config.trainer.autocast = False, "bf16"
+    bf16 = train_losses(config, tmp_path / "bf16")
+    assert (bf16 - plain).abs().max() < 0.05 and not bf16.equals(plain)  # bfloat16 matmuls, close
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [("trainer.tf32=true", "trainer.tf32 needs trainer.device cuda"),
+     ("trainer.autocast=fp8", "trainer.autocast must be one of none, bf16")],
+)  # fmt: skip
+def test_options_that_cannot_apply_are_one_line_errors(setting, message, tmp_path, monkeypatch, capsys) -> None:
+    code, _, err = run_main(
+        ["train", "--steps", "2", "--set", setting, "--runs-dir", str(tmp_path)], monkeypatch, capsys
+    )
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
