@@ -4,7 +4,6 @@ inside has the MLP widths as they are, so grown or shrunk models load."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,7 +66,7 @@ def save_checkpoint(run: CheckpointedRun, path: Path) -> None:
         "fitness": run.fitness.state_dict(),
         "neuron_updates": [pop.updates.state_dict() for pop in run.populations],
         "lineage": run.lineage.state_dict(),
-        "totals": asdict(run.totals),
+        "totals": run.totals.state(),
         "rng": {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -89,7 +88,7 @@ def restore_checkpoint(run: CheckpointedRun, ckpt: dict[str, Any]) -> None:
     for pop, state in zip(run.populations, saved, strict=False):
         pop.updates.load_state_dict(state)
     run.lineage.load_state_dict(ckpt["lineage"])
-    run.totals = RunTotals(**ckpt["totals"])
+    run.totals = RunTotals.from_state(ckpt["totals"])
     run.step = ckpt["step"]
     torch.set_rng_state(ckpt["rng"]["torch"])
     if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():

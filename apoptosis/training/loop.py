@@ -236,9 +236,7 @@ class Trainer:
         x, y = self.data.batch("train", t.batch_size, self.generators["batches"], self.device)
         with self.precision():
             _, loss = self.train_forward(x, y)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            self._diverged(f"training loss became {loss_value}")
+        self.totals.add_loss(loss.detach())  # on the device: read once per metrics row
         for strategy, ctx in self._hooked():
             if type(strategy).extra_loss is not Strategy.extra_loss:
                 with self.fitness.paused():  # its own forward passes are not what fitness measures
@@ -255,16 +253,20 @@ class Trainer:
         for pop in self.populations:
             pop.updates.after_step()  # newborns' own bias correction, protected neurons' scales
         self.optimizer.zero_grad(set_to_none=True)
-        self._synchronize()
+        # The host waits for the GPU only before work that is not training time (evaluation, the
+        # metrics row, a phase end, a checkpoint), so every second of training is counted once.
+        is_last = self.step == t.steps
+        is_eval = self.step % t.eval_interval == 0 or is_last or self.phases.evaluates_all_at(self.step)
+        is_row = is_eval or self.step % t.log_interval == 0
+        is_checkpoint = self.step % t.checkpoint_interval == 0 or is_last
+        pauses = is_row or is_checkpoint or self.phases.ends_at(self.step) or self.first_step_s is None
+        if is_eval:
+            self._synchronize()
         elapsed = time.perf_counter() - started
 
         tot = self.totals
         tot.tokens += x.numel()
         tot.pending_tokens += x.numel()
-        tot.pending_losses.append(loss_value)
-        tot.last_train_loss = loss_value
-        is_last = self.step == t.steps
-        is_eval = self.step % t.eval_interval == 0 or is_last or self.phases.evaluates_all_at(self.step)
         corpus_losses = None
         if is_eval:  # the model as this step trained it: this step's events have not happened yet
             val_losses = self.evaluator.val_losses(self.watched or [self.current_corpus])  # the current: val_loss
@@ -279,20 +281,24 @@ class Trainer:
         started = time.perf_counter()
         for strategy, ctx in self._hooked():
             strategy.on_step_end(ctx)  # events: their effect is in events.jsonl, per layer
-        self._synchronize()
+        if pauses:
+            self._synchronize()
         elapsed += time.perf_counter() - started  # surgery is training time; evaluation is not
         if self.first_step_s is None:
             self.first_step_s = elapsed
         tot.train_time_s += elapsed
         tot.pending_time_s += elapsed
 
-        if is_eval or self.step % t.log_interval == 0:
+        if is_row:
+            train_loss, first = tot.read_losses(self.step)
+            if not math.isfinite(train_loss):
+                self._diverged(f"training loss became {train_loss} (mean of steps {first}..{self.step})")
             self._write_metrics_row(lr, tot.last_val_loss if is_eval else None, corpus_losses)
         if self.phases.ends_at(self.step) and self.on_phase_end:
             self.on_phase_end(self.phases.phase_of(self.step))
         if self.phases.ends_at(self.step) and not is_last:
             self._end_phase()
-        if self.step % t.checkpoint_interval == 0 or is_last:
+        if is_checkpoint:
             if not all(torch.isfinite(p).all() for p in self.model.parameters()):
                 self._diverged("weights became NaN or infinite")
             save_checkpoint(self, self.folder.checkpoint)
