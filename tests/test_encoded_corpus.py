@@ -15,7 +15,7 @@ import torch
 from apoptosis.analysis.corpus_bench import measured_run, write_random_text
 from apoptosis.core import encoded_corpus
 from apoptosis.core.config import RunConfig
-from apoptosis.core.data import CharDataset, CharVocab, read_text_file, smallest_dtype
+from apoptosis.core.data import CharDataset, CharVocab, read_text_file, shakespeare_text, smallest_dtype
 from apoptosis.core.encoded_corpus import encode_file, file_dataset, iter_text, remap
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.training import Trainer
@@ -224,3 +224,16 @@ def test_bench_corpus_text_and_each_runs_own_peak_memory(tmp_path: Path) -> None
     assert big["peak_rss_mb"] > 300 > 100 > small["peak_rss_mb"]
     with pytest.raises(ApoptosisError, match="exit code 3: boom"):
         measured_run("fails", [], env, tmp_path)
+
+
+def test_the_default_corpus_is_encoded_once_and_then_mapped_without_its_text(monkeypatch) -> None:
+    config = RunConfig()
+    first = load_corpora(config, None)[0]["main"]
+    expected = CharDataset.from_text(shakespeare_text(), config.model.block_size)
+    assert first.vocab.chars == expected.vocab.chars
+    assert torch.equal(first.train, expected.train) and torch.equal(first.val, expected.val)
+    monkeypatch.setattr(encoded_corpus, "shakespeare_text", lambda: pytest.fail("the text was converted again"))
+    again = load_corpora(config, None)[0]["main"]
+    assert torch.equal(again.train, expected.train) and first.train.dtype == torch.uint8
+    resumed = load_corpora(config, expected.vocab.chars[::-1])[0]["main"]  # a checkpoint's vocabulary
+    assert torch.equal(resumed.train.long(), len(expected.vocab) - 1 - expected.train.long())

