@@ -16,7 +16,7 @@ from apoptosis.analysis.corpus_bench import measured_run, write_random_text
 from apoptosis.core import encoded_corpus
 from apoptosis.core.config import RunConfig
 from apoptosis.core.data import CharDataset, CharVocab, read_text_file, shakespeare_text, smallest_dtype
-from apoptosis.core.encoded_corpus import encode_file, file_dataset, iter_text, remap
+from apoptosis.core.encoded_corpus import corpus_dataset, encode_file, iter_text, remap
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.training import Trainer
 from apoptosis.training.phases import load_corpora
@@ -148,7 +148,7 @@ def test_batches_and_unigram_loss_equal_the_text_path(tmp_path: Path, extra: str
     text = ("To be, or not to be, that is the question.\n" + extra) * 30
     path = _write(tmp_path, text.encode())
     old = CharDataset.from_text(read_text_file(path), block_size=16)
-    new = file_dataset(path, block_size=16)
+    new = corpus_dataset(path, block_size=16)
     assert new.train.dtype == (torch.uint8 if not extra else torch.int16)
     assert (len(new.train), len(new.val)) == (len(old.train), len(old.val))
     for split in ("train", "val"):

@@ -164,10 +164,10 @@ def test_recovery_never_reads_the_corpus(model, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("recovery touched the corpus")
 
-    for module in (data_module, recovery_module):
-        monkeypatch.setattr(module, "load_corpus", forbidden)
-    monkeypatch.setattr(data_module.CharDataset, "batch", forbidden)
-    monkeypatch.setattr(data_module.CharDataset, "from_text", forbidden)
+    monkeypatch.setattr(data_module, "load_corpus", forbidden)
+    monkeypatch.setattr(recovery_module, "run_dataset", forbidden)
+    for reader in ("batch", "from_text", "from_ids"):
+        monkeypatch.setattr(data_module.CharDataset, reader, forbidden)
     teacher = copy.deepcopy(model)
     damage_model(model, DamageSpec("noise", 0.3))
     history = recover(model, teacher, 3, generator=torch.Generator().manual_seed(0), batch_size=4)

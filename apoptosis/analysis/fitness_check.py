@@ -33,7 +33,8 @@ from rich.table import Table
 from scipy.stats import ConstantInputWarning, spearmanr
 
 from apoptosis.core.config import RunConfig
-from apoptosis.core.data import CharDataset, CharVocab, load_corpus
+from apoptosis.core.data import CharDataset, CharVocab
+from apoptosis.core.encoded_corpus import corpus_dataset
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.fitness import FitnessMetric
 from apoptosis.core.io import atomic_write_json, atomic_write_text
@@ -56,9 +57,8 @@ def run_corpus(config: RunConfig, step: int, vocab: CharVocab) -> tuple[str, Cha
     phase's corpus), split as the trainer splits it, with the run's vocabulary."""
     block, val_fraction = config.model.block_size, config.data.val_fraction
     if not config.continual.phases:
-        return str(config.data.path), CharDataset.from_text(
-            load_corpus(config.data.path, config.data.keep_line_endings), block, val_fraction, vocab
-        )
+        d = config.data
+        return str(d.path), corpus_dataset(d.path, block, val_fraction, vocab, d.keep_line_endings)
     from apoptosis.core.corpora import corpus_text, parse_phases
 
     specs = parse_phases(",".join(config.continual.phases))

@@ -22,6 +22,7 @@ from typing import BinaryIO
 import numpy as np
 
 from apoptosis.core.data import (
+    DEFAULT_CORPUS,
     CharDataset,
     CharVocab,
     data_file,
@@ -154,15 +155,19 @@ def remap(corpus: EncodedCorpus, vocab: CharVocab) -> EncodedCorpus:
     return _store(key, vocab, (table[ids[s : s + _PIECE]] for s in range(0, len(ids), _PIECE)))
 
 
-def file_dataset(
-    path: str | Path,
+def corpus_dataset(
+    path: str | Path | None,
     block_size: int,
     val_fraction: float = 0.1,
     vocab: CharVocab | None = None,
     keep_line_endings: bool = False,
 ) -> CharDataset:
-    """A dataset over a text file's cached ids; ``vocab`` (a checkpoint's) fixes what the ids mean."""
-    corpus = encode_file(path, keep_line_endings)
+    """A run's corpus (``data.path``: the default corpus, or a file) over its cached ids, split as
+    the trainer splits it; ``vocab`` (a checkpoint's) fixes what the ids mean."""
+    if path is None or str(path) == DEFAULT_CORPUS:
+        corpus = encode_default_corpus()
+    else:
+        corpus = encode_file(path, keep_line_endings)
     if vocab is not None:
         corpus = remap(corpus, vocab)
     return CharDataset.from_ids(corpus.vocab, corpus.ids, block_size, val_fraction)

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from apoptosis.core.config import RunConfig
-from apoptosis.core.data import CharDataset, CharVocab, load_corpus
+from apoptosis.core.data import CharDataset, CharVocab
+from apoptosis.core.encoded_corpus import corpus_dataset
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.model import GPT
 
@@ -28,8 +29,8 @@ CALIBRATION_SEQUENCES = 128  # the papers' 128 calibration sequences
 
 def run_dataset(config: RunConfig, vocab: CharVocab) -> CharDataset:
     """The run's corpus split as the trainer splits it, with the run's vocabulary."""
-    text = load_corpus(config.data.path, config.data.keep_line_endings)
-    return CharDataset.from_text(text, config.model.block_size, config.data.val_fraction, vocab=vocab)
+    d = config.data
+    return corpus_dataset(d.path, config.model.block_size, d.val_fraction, vocab, d.keep_line_endings)
 
 
 def calibration_batches(

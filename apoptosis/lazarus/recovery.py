@@ -21,9 +21,10 @@ from scipy.optimize import minimize_scalar
 from torch.func import functional_call
 
 from apoptosis.core.config import RunConfig
-from apoptosis.core.data import CharDataset, CharVocab, load_corpus
+from apoptosis.core.data import CharVocab
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.model import GPT, frozen_copy
+from apoptosis.lazarus.calibration import run_dataset
 from apoptosis.lazarus.damage import Masks, apply_masks, noised_parameters, reopen_neurons
 from apoptosis.lazarus.inputs import InputPool
 
@@ -255,12 +256,7 @@ def recover_copy(
 def evaluation_batches(config: RunConfig, vocab: CharVocab, device: str = "cpu") -> tuple[Batches, Batches]:
     """Fixed validation batches: (report, calibration), ``trainer.eval_batches`` of
     ``trainer.batch_size`` windows each, drawn with two different seeds from the run's seed."""
-    data = CharDataset.from_text(
-        load_corpus(config.data.path, config.data.keep_line_endings),
-        config.model.block_size,
-        config.data.val_fraction,
-        vocab=vocab,
-    )
+    data = run_dataset(config, vocab)
     t = config.trainer
     report = torch.Generator().manual_seed(t.seed + 100)
     calibration = torch.Generator().manual_seed(t.seed + 101)

@@ -4,8 +4,8 @@ corpus is evaluated. A run on one corpus is one phase that never ends."""
 from __future__ import annotations
 
 from apoptosis.core.config import RunConfig
-from apoptosis.core.data import DEFAULT_CORPUS, CharDataset, CharVocab
-from apoptosis.core.encoded_corpus import EncodedCorpus, encode_default_corpus, encode_file, file_dataset, remap
+from apoptosis.core.data import CharDataset, CharVocab
+from apoptosis.core.encoded_corpus import EncodedCorpus, corpus_dataset, encode_file, remap
 from apoptosis.core.errors import ApoptosisError
 
 
@@ -58,13 +58,7 @@ def load_corpora(
     block, val_fraction = config.model.block_size, config.data.val_fraction
     vocab = CharVocab(vocab_chars) if vocab_chars else None
     if not config.continual.phases:
-        path, keep = config.data.path, config.data.keep_line_endings
-        if path is None or str(path) == DEFAULT_CORPUS:
-            corpus = encode_default_corpus()
-            corpus = remap(corpus, vocab) if vocab is not None else corpus
-            data = CharDataset.from_ids(corpus.vocab, corpus.ids, block, val_fraction)
-        else:
-            data = file_dataset(path, block, val_fraction, vocab, keep)
+        data = corpus_dataset(config.data.path, block, val_fraction, vocab, config.data.keep_line_endings)
         return {"main": data}, ["main"]
     from apoptosis.core.corpora import BUILTIN_CORPORA, corpus_text, distinct_corpora, parse_phases, union_vocab
 
