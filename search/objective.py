@@ -23,8 +23,6 @@ from apoptosis.core.config import RunConfig
 from apoptosis.plasticity.benchmark import TASKS_FILE, CellRun, Settings
 from apoptosis.search.space import apply_settings, setting_distribution, unit_position
 
-OBJECTIVES = ("train", "plasticity", "synthetic")
-
 
 class Objective(ABC):
     """One method: the value of a trial's settings, mean over ``seeds`` (smaller is better)."""
@@ -80,6 +78,7 @@ class PlasticityObjective(Objective):
 
     def __call__(self, trial: optuna.Trial, settings: dict[str, Any], seeds: list[int]) -> float:
         config = apply_settings(self.benchmark.base_config(), settings)
+        config.trainer.min_lr = config.trainer.lr  # the benchmark's learning rate is constant, tuned or not
         tasks, last = self.benchmark.tasks, max(1, self.benchmark.tasks // 4)
         values = []
         for i, seed in enumerate(seeds):

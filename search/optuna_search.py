@@ -24,6 +24,10 @@ def run_optuna(spec: StudySpec, trials: int, workers: int, console: Console) -> 
     def plan(study: optuna.Study) -> None:
         planned = [t for t in study.get_trials(deepcopy=False) if queued(t) and "retry_of" not in t.user_attrs]
         if design is not None:  # a fixed design, enqueued once: a rerun adds only the points not yet planned
+            saved = study.user_attrs.get("grid_trials")
+            if saved is not None and saved != trials:
+                raise ApoptosisError(f"study {spec.name!r} is a grid of {saved} trials: rerun it with --trials {saved}")
+            study.set_user_attr("grid_trials", trials)
             for params in design[len(planned) :]:
                 enqueue(study, params)
             return

@@ -66,15 +66,17 @@ class StudySpec:
 
     def signature(self) -> dict[str, Any]:
         """What must not change when a study is resumed or joined from another machine."""
-        return {
+        signature = {
             "kind": self.kind,
             "objective": self.objective,
             "steps": self.steps,
             "seeds": self.seeds,
             "space": self.space.describe(),
             "base": self.base.to_dict() if self.objective == "train" else None,
-            "plasticity": asdict(self.plasticity) if self.objective == "plasticity" and self.plasticity else None,
         }
+        if self.objective == "plasticity" and self.plasticity is not None:  # only here: older studies match
+            signature["plasticity"] = asdict(self.plasticity)
+        return signature
 
     @property
     def storage_label(self) -> str:

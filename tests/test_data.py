@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from apoptosis.core.data import CharDataset, CharVocab, load_corpus, markdown_play_to_text, read_text_file
+from apoptosis.core.data import CharDataset, CharVocab, markdown_play_to_text, read_text_file, shakespeare_text
 from apoptosis.core.errors import ApoptosisError
 
 PLAY = (
@@ -85,7 +85,7 @@ def test_escaped_emphasis_characters_are_kept_literally() -> None:
 
 @pytest.fixture(scope="module")
 def corpus() -> str:
-    return load_corpus(None)
+    return shakespeare_text()
 
 
 def test_default_corpus_is_large_plain_text(corpus: str) -> None:
@@ -98,7 +98,8 @@ def test_default_corpus_is_large_plain_text(corpus: str) -> None:
 
 
 def test_default_corpus_is_deterministic(corpus: str) -> None:
-    again = load_corpus("shakespeare")
+    shakespeare_text.cache_clear()
+    again = shakespeare_text()
     assert again == corpus
     # plays are concatenated in sorted path order: comedies/ first, A Midsummer Night's Dream first
     assert corpus.startswith("A Midsummer Night's Dream\n\nACT I\n")
@@ -231,7 +232,7 @@ def test_read_text_file_ok(tmp_path: Path) -> None:
     path.write_bytes("héllo\nwörld\n".encode())
     assert read_text_file(path) == "héllo\nwörld\n"
     assert read_text_file(str(path)) == "héllo\nwörld\n"
-    assert load_corpus(path) == "héllo\nwörld\n"
+    assert read_text_file(path) == "héllo\nwörld\n"
 
 
 def _error(path: Path) -> str:
@@ -246,7 +247,7 @@ def _error(path: Path) -> str:
 def test_missing_file(tmp_path: Path) -> None:
     assert "not found" in _error(tmp_path / "missing.txt")
     with pytest.raises(ApoptosisError, match="not found"):
-        load_corpus(tmp_path / "missing.txt")
+        read_text_file(tmp_path / "missing.txt")
 
 
 def test_empty_file(tmp_path: Path) -> None:

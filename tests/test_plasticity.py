@@ -140,6 +140,8 @@ def test_paired_differences_cancel_the_seeds_and_count_only_shared_seeds() -> No
     assert paired.loc["none", "behind_fresh"] == pytest.approx(0.25)
     assert paired.loc["redo", "behind_fresh"] == pytest.approx(0.75)
     assert paired.loc["cbp", "paired_seeds"] == 1 and np.isnan(paired.loc["cbp", "vs_none_excess_ci"])
+    unprobed = paired_stats(pd.DataFrame(rows).assign(probe_loss=np.nan), last=2).set_index("method")
+    assert unprobed.loc["redo", "paired_seeds"] == 3  # seeds are counted by the excess loss, measured always
 
 
 # --- the trainer at task boundaries -------------------------------------------------------------

@@ -79,6 +79,12 @@ def test_a_method_tuned_twice_or_a_folder_without_studies_is_refused(tmp_path: P
     tuning_study(tmp_path / "b", "redo", "tau", trials=1)
     with pytest.raises(ApoptosisError, match="redo is tuned by two studies"):
         read_tuned([tmp_path / "a", tmp_path / "b"], ("redo",))
+    unfinished = tmp_path / "c" / "tune-hybrid"
+    unfinished.mkdir(parents=True)
+    (unfinished / "trials.csv").write_text("number,state,value,params_strategy.name\n0,FAIL,,hybrid\n")
+    assert read_tuned([tmp_path / "a", tmp_path / "c"], ("redo",))[0][0] == "redo"  # another method's: skipped
+    with pytest.raises(ApoptosisError, match="no complete trial"):
+        read_tuned([tmp_path / "c"], ("hybrid",))
     (tmp_path / "empty").mkdir()
     args = ["plasticity", "--methods", "none", "--tuned", str(tmp_path / "empty"), "--runs-dir", str(tmp_path / "r")]
     code, _, err = run_main(args, monkeypatch, capsys)

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from apoptosis.cli.main import main
 from apoptosis.core.config import RunConfig
-from apoptosis.core.data import CharDataset, load_corpus
+from apoptosis.core.data import CharDataset, read_text_file
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.training import Trainer
 from apoptosis.training.run_folder import RunFolder
@@ -85,11 +85,11 @@ def test_a_run_that_stopped_before_its_first_checkpoint_is_replaced(tmp_path: Pa
 def test_byte_order_mark_and_windows_line_endings(tmp_path: Path) -> None:
     path = tmp_path / "bom.txt"
     path.write_bytes(b"\xef\xbb\xbf" + TINY_TEXT.replace("\n", "\r\n").encode("utf-8"))
-    text = load_corpus(path)
+    text = read_text_file(path)
     assert text == TINY_TEXT
     vocab = CharDataset.from_text(text, 8).vocab.chars
     assert "\ufeff" not in vocab and "\r" not in vocab
-    kept = load_corpus(path, keep_line_endings=True)
+    kept = read_text_file(path, keep_line_endings=True)
     assert "\r\n" in kept and not kept.startswith("\ufeff")
 
 

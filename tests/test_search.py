@@ -140,6 +140,9 @@ def test_grid_puts_one_parameter_at_the_centres_of_equal_bins(tmp_path):
     study = run_optuna(spec, 3, 1, QUIET)  # a rerun plans nothing more
     ran = sorted(t.user_attrs["settings"]["strategy.shrink"] for t in study.trials)
     assert ran == pytest.approx([0.25, 0.55, 0.85])
+    with pytest.raises(ApoptosisError, match="is a grid of 3 trials"):
+        run_optuna(spec, 4, 1, QUIET)
+    assert "plasticity" not in spec.signature()  # studies of other objectives keep their signature
 
 
 def test_optuna_study_runs_exactly_its_trials_resumes_and_writes_results(tmp_path):

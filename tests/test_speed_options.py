@@ -42,6 +42,18 @@ def test_compiled_growth_follows_eager_and_resumes(tmp_path) -> None:
     pd.testing.assert_series_equal(resumed, eager, rtol=1e-4, atol=1e-4)
 
 
+def test_a_compiled_run_with_activation_hooks_after_one_without_still_runs_them(tmp_path) -> None:
+    config = tiny_run_config(tmp_path, steps=20, strategy="none")
+    config.trainer.compile = True
+    train_losses(config, tmp_path / "none")  # compiled with no hook on the MLPs
+    eager = tiny_run_config(tmp_path, steps=20, strategy="redo", interval=10, tau=0.5)
+    Trainer(eager, tmp_path / "eager", show_progress=False).fit()
+    eager.trainer.compile = True
+    Trainer(eager, tmp_path / "compiled", show_progress=False).fit()
+    expected = (tmp_path / "eager" / "events.jsonl").read_text().count('"kind": "redo"')
+    assert expected > 0 and (tmp_path / "compiled" / "events.jsonl").read_text().count('"kind": "redo"') == expected
+
+
 def test_fused_adamw_matches_through_surgery_and_bf16_autocast_stays_close(tmp_path) -> None:
     config = tiny_run_config(tmp_path, steps=30, strategy="standard", interval=10, maturity=0)
     config.trainer.log_interval = 1

@@ -76,11 +76,15 @@ def test_existing_run_is_never_overwritten(tmp_path: Path) -> None:
 
 
 class _Poison(Strategy):
-    """Test-only: at step 15 one neuron of layer 0 gets NaN weights (through the population API)."""
+    """Test-only: at step 15 one neuron of layer 0 gets NaN weights (through the population API);
+    with ``fragile``, surgery on NaN weights fails, as sampling from NaN probabilities does."""
 
     name = "_poison"
+    fragile = False
 
     def on_step_end(self, ctx) -> None:
+        if self.fragile and ctx.step > 16 and not torch.isfinite(ctx.populations[0].mlp.fc.weight).all():
+            raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
         if ctx.step == 15:
             pop = ctx.populations[0]
             nan = torch.full((1, pop.mlp.fc.in_features + 1), float("nan"))
@@ -104,6 +108,19 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) ->
     model, _, ckpt = load_model(tmp_path / "run")
     assert ckpt["step"] == 10
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_surgery_failing_on_spoiled_weights_is_reported_as_divergence(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(_Poison, "fragile", True)
+    STRATEGIES.register(_Poison)
+    try:
+        trainer = Trainer(
+            tiny_run_config(tmp_path, steps=40, strategy="_poison"), tmp_path / "run", show_progress=False
+        )
+        with pytest.raises(TrainingDiverged, match=r"training loss became nan \(mean of steps 16..17\)"):
+            trainer.fit()
+    finally:
+        STRATEGIES._entries.pop("_poison")
 
 
 def _train_command(run_dir: Path, data: Path, steps: int) -> list[str]:

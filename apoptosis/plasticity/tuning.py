@@ -29,6 +29,13 @@ def study_folders(path: Path) -> list[Path]:
     return found
 
 
+def searched_strategy(study: Path) -> str | None:
+    """The strategy a study searched (None for a study of several, or of none)."""
+    frame = pd.read_csv(study / TRIALS_FILE)
+    names = frame["params_strategy.name"].dropna().unique() if "params_strategy.name" in frame else []
+    return str(names[0]) if len(names) == 1 else None
+
+
 def best_settings(study: Path) -> tuple[str, dict[str, object]]:
     """The strategy of a study's best complete trial and the parameters that trial had."""
     frame = pd.read_csv(study / TRIALS_FILE)
@@ -50,9 +57,9 @@ def read_tuned(paths: list[Path], methods: tuple[str, ...]) -> Tuned:
     wanted = {method.partition("+")[0] for method in methods}
     chosen: dict[str, tuple[Path, dict[str, object]]] = {}
     for study in (s for path in paths for s in study_folders(path)):
-        strategy, params = best_settings(study)
-        if strategy not in wanted:
+        if searched_strategy(study) not in wanted:  # another method's study, or not a one-method search
             continue
+        strategy, params = best_settings(study)
         if strategy in chosen:
             raise ApoptosisError(f"--tuned: {strategy} is tuned by two studies, {chosen[strategy][0]} and {study}")
         chosen[strategy] = (study, params)

@@ -113,6 +113,8 @@ class Trainer:
         self.model = GPT(config.model).to(self.device)
         # The training step's forward: compiled, it shares the model's parameters, so surgery and the
         # optimizer see one set of tensors; a change of shape (growth) makes torch recompile it.
+        if t.compile:  # hooks added or removed later (cbp, redo, fitness) must recompile, not be skipped
+            torch._dynamo.config.skip_nnmodule_hook_guards = False
         self.train_forward = torch.compile(self.model) if t.compile else self.model
         self.first_step_s: float | None = None  # this process's first step (a compiled run compiles there)
         if t.tf32:  # validated: CUDA only
@@ -279,8 +281,14 @@ class Trainer:
                 self.on_evaluate(self.step, tot.last_val_loss)
 
         started = time.perf_counter()
-        for strategy, ctx in self._hooked():
-            strategy.on_step_end(ctx)  # events: their effect is in events.jsonl, per layer
+        try:
+            for strategy, ctx in self._hooked():
+                strategy.on_step_end(ctx)  # events: their effect is in events.jsonl, per layer
+        except Exception:  # surgery on weights a non-finite loss has spoiled fails: say that instead
+            train_loss, first = tot.read_losses(self.step)
+            if not math.isfinite(train_loss):
+                self._diverged(f"training loss became {train_loss} (mean of steps {first}..{self.step})")
+            raise
         if pauses:
             self._synchronize()
         elapsed += time.perf_counter() - started  # surgery is training time; evaluation is not
