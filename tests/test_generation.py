@@ -25,7 +25,7 @@ def full_forward_argmax(model: GPT, context: torch.Tensor) -> int:
 def test_cached_logits_equal_a_full_forward_pass() -> None:
     model = tiny_model()
     tokens = torch.randint(0, 11, (2, 16))
-    caches = [[] for _ in model.blocks]
+    caches = model.empty_caches()
     with torch.no_grad():
         model.last_logits(tokens[:, :5], caches, 0)
         for t in range(5, 16):
@@ -58,3 +58,40 @@ def test_a_seed_gives_the_same_text_and_another_seed_does_not() -> None:
     start = torch.zeros(1, 1, dtype=torch.long)
     runs = [model.generate(start, 50, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+def test_sampled_tokens_follow_the_softmax_of_the_logits() -> None:
+    from scipy.stats import chisquare
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0]]).repeat(20_000, 1)
+    tokens = GPT._sample(logits, 1.0, None, torch.Generator().manual_seed(0)).squeeze(1)
+    counts = torch.bincount(tokens, minlength=5).double()
+    probs = torch.softmax(logits[0].double(), dim=0)[:4]
+    assert counts[4] == 0  # a token of probability ~1e-14 is never drawn
+    assert chisquare(counts[:4].numpy(), (probs / probs.sum() * len(tokens)).numpy()).pvalue > 1e-3
+
+
+def test_top_k_leaves_only_the_k_most_likely_tokens() -> None:
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]]).repeat(2_000, 1)
+    tokens = GPT._sample(logits, 1.0, 2, torch.Generator().manual_seed(1))
+    assert set(tokens.flatten().tolist()) == {1, 3}
+
+
+def test_generated_ids_can_be_trained_on() -> None:
+    model = tiny_model(4)
+    out = model.generate(torch.zeros(2, 1, dtype=torch.long), 10)
+    model.train()
+    _, loss = model(out[:, :-1], out[:, 1:])
+    loss.backward()  # an inference-mode tensor here would raise
+    assert model.wte.weight.grad is not None
+
+
+def test_the_cache_refuses_more_positions_than_it_holds() -> None:
+    import pytest
+
+    from apoptosis.core.model import KVCache
+
+    cache = KVCache(capacity=3)
+    cache.extend(torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 2, 4))
+    with pytest.raises(ValueError, match="holds 3 positions"):
+        cache.extend(torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 2, 4))

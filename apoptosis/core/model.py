@@ -25,6 +25,29 @@ def residual_std(n_layer: int) -> float:
     return INIT_STD / math.sqrt(2 * n_layer)
 
 
+class KVCache:
+    """One attention layer's keys and values of the positions seen so far (generation only), in
+    tensors of the block's length allocated at the first call: extending writes in place."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.length = capacity, 0
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append ``k``, ``v`` (B, H, T, C/H); the keys and values of every position so far."""
+        if self.k is None or self.v is None:
+            B, H, _, D = k.shape
+            self.k, self.v = k.new_empty(B, H, self.capacity, D), v.new_empty(B, H, self.capacity, D)
+        end = self.length + k.size(2)
+        if end > self.capacity:
+            raise ValueError(f"the key/value cache holds {self.capacity} positions; {end} were asked for")
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -33,20 +56,22 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(config.d_model, config.d_model)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, cache: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """``cache`` (generation only): this layer's keys and values of the earlier positions,
         extended in place; ``x`` then holds the new positions only."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, C/H)
         if cache is not None:
-            if cache:
-                k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)  # (B, H, T_all, C/H)
-            cache[:] = [k, v]
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=T > 1, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, T, C/H); one new position (T = 1) sees every cached one
-        return self.out(y.transpose(1, 2).contiguous().view(B, T, C))
+            k, v = cache.extend(k, v)  # (B, H, T_all, C/H)
+        if cache is not None and T == 1:  # one new position sees every cached one; plain ops cost
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # less than SDPA's set-up
+            y = att.softmax(dim=-1) @ v  # (B, H, 1, C/H)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=T > 1, dropout_p=self.dropout if self.training else 0.0
+            )  # (B, H, T, C/H)
+        return self.out(y.transpose(1, 2).reshape(B, T, C))
 
 
 class NeuronGate(nn.Module):
@@ -93,7 +118,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config.d_model, mlp_width, config.dropout, config.activation)
 
-    def forward(self, x: torch.Tensor, cache: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
@@ -150,7 +175,11 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
-    def last_logits(self, idx: torch.Tensor, caches: list[list[torch.Tensor]], start: int) -> torch.Tensor:
+    def empty_caches(self) -> list[KVCache]:
+        """One empty key/value cache per block, each holding up to a block of positions."""
+        return [KVCache(self.config.block_size) for _ in self.blocks]
+
+    def last_logits(self, idx: torch.Tensor, caches: list[KVCache] | list[None], start: int) -> torch.Tensor:
         """(B, vocab) logits after the last of ``idx`` (B, T), the tokens at positions
         ``start..start+T-1``, the earlier ones being in ``caches`` (one list per block)."""
         T = idx.size(1)
@@ -160,7 +189,6 @@ class GPT(nn.Module):
             x = block(x, cache)
         return self.head(self.ln_f(x[:, -1, :]))  # (B, vocab): the head for the last position only
 
-    @torch.no_grad()
     def generate(
         self,
         idx: torch.Tensor,
@@ -170,7 +198,7 @@ class GPT(nn.Module):
         generator: torch.Generator | None = None,
         use_cache: bool = True,
     ) -> torch.Tensor:
-        """Sample ``max_new_tokens`` tokens after the context ``idx`` (B, T).
+        """Sample ``max_new_tokens`` tokens after the context ``idx`` (B, T); returns (B, T + new).
 
         With ``use_cache`` each new token costs one position's forward pass: keys and values of
         the earlier positions are kept. Positions are absolute, so when the context fills the
@@ -178,35 +206,54 @@ class GPT(nn.Module):
         positions 0.. (a context shift); the context a token sees is then between half and the
         whole block. Without the cache every token re-reads the last ``block_size`` tokens (a
         sliding window, ``block_size`` positions per token). Sampling draws from ``generator``
-        on its own device (the CPU by default), so a seed gives the same text on any device."""
+        on its own device (the CPU by default), so a seed gives the same text on any device.
+        Runs in inference mode (less per-operation overhead); the result is an ordinary tensor,
+        usable as training input."""
+        return self._generate(idx, max_new_tokens, temperature, top_k, generator, use_cache).clone()
+
+    @torch.inference_mode()
+    def _generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        generator: torch.Generator | None,
+        use_cache: bool,
+    ) -> torch.Tensor:
         block = self.config.block_size
-        caches: list[list[torch.Tensor]] = []
-        filled = 0
-        for _ in range(max_new_tokens):
+        B, T0 = idx.shape
+        out = torch.empty(B, T0 + max_new_tokens, dtype=idx.dtype, device=idx.device)  # (B, T0 + new)
+        out[:, :T0] = idx
+        caches: list[KVCache] = []
+        for n in range(T0, T0 + max_new_tokens):
             if not use_cache:
-                logits = self.last_logits(idx[:, -block:], [None] * len(self.blocks), 0)
-            elif caches and filled < block:
-                logits = self.last_logits(idx[:, -1:], caches, filled)
-                filled += 1
+                logits = self.last_logits(out[:, max(0, n - block) : n], [None] * len(self.blocks), 0)
+            elif caches and caches[0].length < block:
+                logits = self.last_logits(out[:, n - 1 : n], caches, caches[0].length)
             else:  # first token, or the block is full: encode the (last part of the) context afresh
-                context = idx[:, -(block if not caches else block // 2) :]
-                caches = [[] for _ in self.blocks]
+                context = out[:, max(0, n - (block if not caches else block // 2)) : n]
+                caches = self.empty_caches()
                 logits = self.last_logits(context, caches, 0)
-                filled = context.size(1)
-            idx = torch.cat((idx, self._sample(logits, temperature, top_k, generator).to(idx.device)), dim=1)
-        return idx
+            out[:, n : n + 1] = self._sample(logits, temperature, top_k, generator).to(out.device)
+        return out
 
     @staticmethod
     def _sample(
         logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
     ) -> torch.Tensor:
-        """(B, 1) token ids drawn from ``logits`` (B, vocab) on the generator's device."""
+        """(B, 1) token ids drawn from ``logits`` (B, vocab) on the generator's device.
+
+        The exponential race: argmax of p_i / E_i with E_i ~ Exp(1) picks i with probability p_i,
+        as ``torch.multinomial`` does, without the input checks that cost more than the draw."""
         logits = logits / max(temperature, 1e-6)
         if top_k is not None:
             v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
             logits[logits < v[:, [-1]]] = -float("inf")
         device = generator.device if generator is not None else logits.device
-        return torch.multinomial(F.softmax(logits, dim=-1).to(device), 1, generator=generator)
+        probs = F.softmax(logits, dim=-1).to(device)
+        race = torch.empty_like(probs).exponential_(1.0, generator=generator).clamp_min_(torch.finfo(probs.dtype).tiny)
+        return (probs / race).argmax(dim=-1, keepdim=True)
 
 
 @torch.no_grad()
