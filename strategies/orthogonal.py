@@ -26,7 +26,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from scipy import stats
 
 from apoptosis.core.params import param
 from apoptosis.core.population import NeuronPopulation
@@ -66,6 +65,8 @@ def max_similarity(cos: torch.Tensor, rows: torch.Tensor, others: torch.Tensor) 
 
 def rank_score(values: torch.Tensor) -> torch.Tensor:
     """Ranks scaled to [0, 1] (0 = smallest, 1 = largest); ties share their average rank."""
+    from scipy import stats  # imported here: every strategy module loads with the registry
+
     n = len(values)
     if n == 1:
         return torch.ones(1)

