@@ -163,6 +163,7 @@ def test_cli_then_and_compare_with_a_follower(tmp_path: Path) -> None:
     lines = [e for e in read_events(tmp_path / "runs" / "c" / "standard+lazarus-s1") if e["event"] == 1]
     assert followed["surgery"] == pytest.approx(lines[-2]["probe_loss_after"] - lines[0]["probe_loss_before"])
     assert followed["after_follower"] == pytest.approx(lines[-1]["probe_loss_after"] - lines[0]["probe_loss_before"])
+    assert "recovery_steps" in rows.columns
     plain = rows[rows["group"] == "c/standard"]
     assert (plain["surgery"] == plain["after_follower"]).all() and (plain["follower_seconds"] == 0).all()
     for strategies, message in {"standard+": "STRATEGY+FOLLOWER", "standard+lazarus+x": "STRATEGY+FOLLOWER"}.items():

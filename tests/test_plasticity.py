@@ -119,6 +119,16 @@ def test_the_table_averages_the_last_tasks_per_seed_then_over_seeds() -> None:
     assert summary.loc["cbp", "train_seconds"] == 2.0 and list(summary.index) == ["none", "cbp"]
 
 
+def test_time_per_task_is_the_median_so_one_paused_task_does_not_count() -> None:
+    rows = [
+        {"method": "none", "seed": seed, "task": task, "train_seconds": 1000.0 if (seed, task) == (1, 3) else 4.0,
+         **{c: 0.0 for c in MEASURES}}
+        for seed in (1, 2) for task in (1, 2, 3, 4)
+    ]  # fmt: skip
+    summary = last_task_stats(pd.DataFrame(rows), last=2).set_index("method")
+    assert summary.loc["none", "train_seconds"] == 4.0
+
+
 def test_paired_differences_cancel_the_seeds_and_count_only_shared_seeds() -> None:
     rng = np.random.default_rng(0)
     hard = {1: 0.0, 2: 5.0, 3: 10.0}  # a seed's tasks are harder or easier for every method alike

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 from rich.console import Console
 
@@ -54,3 +56,13 @@ def test_sparkline_marks_empty_bins_and_scales_to_the_fullest() -> None:
 
     line = sparkline(np.array([0, 0, 0, 0, 95]), step=100)
     assert len(line) == 10 and line[0] == "█" and line[-1] == "▃" and line[5] == " "
+
+
+def test_recovery_steps_count_until_the_training_loss_is_back_below_its_level_before_the_event() -> None:
+    from apoptosis.analysis.report import recovery_steps
+
+    metrics = pd.DataFrame({"step": [10, 20, 30, 40, 50], "train_loss": [2.0, 1.9, 2.2, 1.95, 1.85]})
+    assert recovery_steps(metrics, 20) == 30  # 1.9 before; 2.2 and 1.95 above it; 1.85 at step 50
+    assert recovery_steps(metrics, 25) == 25  # between windows: the last window before counts
+    assert np.isnan(recovery_steps(metrics.iloc[:4], 20))  # never back within the run
+    assert np.isnan(recovery_steps(metrics, 5))  # nothing logged before the event

@@ -176,15 +176,29 @@ def strategies_table(frame: pd.DataFrame) -> Table:
     return table
 
 
+def recovery_steps(metrics: pd.DataFrame, step: int) -> float:
+    """Steps after an event at ``step`` until the training loss (per logged window) is back at or
+    below the last window before the event; nan if it never is in the run."""
+    before = metrics[metrics["step"] <= step]["train_loss"].dropna()
+    after = metrics[metrics["step"] > step].dropna(subset=["train_loss"])
+    if before.empty:
+        return float("nan")
+    back = after[after["train_loss"] <= before.iloc[-1]]
+    return float(back["step"].iloc[0] - step) if len(back) else float("nan")
+
+
 def events_frame(run_dirs: list[Path]) -> pd.DataFrame:
     """One row per event of each finished run: the probe-loss change of the surgery alone
-    (``surgery``), after the follower if one ran (``after_follower``) and the follower's seconds.
-    ``group`` is the run's parent folder and strategy, so runs of several comparisons stay apart."""
-    from apoptosis.training import read_events
+    (``surgery``, the event's loss spike), after the follower if one ran (``after_follower``), the
+    follower's seconds, and the steps until the training loss is back at its level before the
+    event (``recovery_steps``). ``group`` is the run's parent folder and strategy, so runs of
+    several comparisons stay apart."""
+    from apoptosis.training import read_events, read_metrics
 
     rows = []
     for run_dir in map(Path, run_dirs):
         strategy = runs_frame([run_dir])["strategy"].iloc[0]
+        metrics = read_metrics(run_dir)
         events = [e for e in read_events(run_dir) if e.get("event") is not None]
         for number in sorted({e["event"] for e in events}):
             lines = [e for e in events if e["event"] == number]
@@ -200,6 +214,7 @@ def events_frame(run_dirs: list[Path]) -> pd.DataFrame:
                     "surgery": after - before,
                     "after_follower": (follower[-1]["probe_loss_after"] if follower else after) - before,
                     "follower_seconds": follower[-1]["seconds"] if follower else 0.0,
+                    "recovery_steps": recovery_steps(metrics, surgery[0]["step"]),
                 }
             )
     return pd.DataFrame(rows)
@@ -207,23 +222,28 @@ def events_frame(run_dirs: list[Path]) -> pd.DataFrame:
 
 def events_table(frame: pd.DataFrame) -> Table:
     """Per group and event number, means over runs (seeds) of the disruption before and after
-    the follower; then the means over all events."""
+    the follower and of the steps to recover; then the means over all events."""
     table = Table(
         title="Event disruption (probe-loss change per event; mean over runs)",
         title_justify="left",
-        caption="surgery: the strategy's surgery alone; after follower: once the follower (--then) ran",
+        caption="surgery: the strategy's surgery alone; after follower: once the follower (--then) ran; "
+        "steps back: until the training loss is back at its level before the event (mean over the runs "
+        "where it was; n/m: in n of m runs)",
         caption_justify="left",
     )
-    for i, column in enumerate(["group", "event", "runs", "surgery", "after follower", "follower s"]):
+    for i, column in enumerate(["group", "event", "runs", "surgery", "after follower", "follower s", "steps back"]):
         table.add_column(column, justify="left" if i == 0 else "right")
-    columns = ["surgery", "after_follower", "follower_seconds"]
     for (group, event), rows in frame.groupby(["group", "event"], sort=True):
-        means = rows[columns].mean()
-        table.add_row(group, str(event), str(len(rows)), *_event_cells(means))
+        table.add_row(group, str(event), str(len(rows)), *_event_cells(rows))
     for group, rows in frame.groupby("group", sort=True):
-        table.add_row(f"[bold]{group}", "all", str(rows["run"].nunique()), *_event_cells(rows[columns].mean()))
+        table.add_row(f"[bold]{group}", "all", str(rows["run"].nunique()), *_event_cells(rows))
     return table
 
 
-def _event_cells(means: pd.Series) -> list[str]:
-    return [f"{means['surgery']:+.4f}", f"{means['after_follower']:+.4f}", f"{means['follower_seconds']:.1f}"]
+def _event_cells(rows: pd.DataFrame) -> list[str]:
+    means = rows[["surgery", "after_follower", "follower_seconds", "recovery_steps"]].mean()
+    back = rows["recovery_steps"].notna().sum()
+    steps = f"{means['recovery_steps']:.0f}" if back else "-"
+    if back < len(rows):
+        steps += f" ({back}/{len(rows)})"
+    return [f"{means['surgery']:+.4f}", f"{means['after_follower']:+.4f}", f"{means['follower_seconds']:.1f}", steps]

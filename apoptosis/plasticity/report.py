@@ -39,12 +39,14 @@ def half_width(values: pd.Series, level: float = 0.95) -> float:
 
 
 def last_task_stats(frame: pd.DataFrame, last: int) -> pd.DataFrame:
-    """Per method (in the order of the rows): seeds, and for every measure and the training
-    seconds per task the mean over seeds of each seed's mean over the last ``last`` tasks, with
-    the half-width of its 95% t interval over seeds (``<measure>_ci``)."""
+    """Per method (in the order of the rows): seeds, and for every measure the mean over seeds of
+    each seed's mean over the last ``last`` tasks, with the half-width of its 95% t interval over
+    seeds (``<measure>_ci``). The training seconds per task are each seed's median over all its
+    tasks: a task slowed by something else on the machine (or a paused process) does not count."""
     tail = frame[frame["task"] > frame["task"].max() - last]
     columns = [*MEASURES, "train_seconds"]
-    per_seed = tail.groupby(["method", "seed"], sort=False)[columns].mean()
+    per_seed = tail.groupby(["method", "seed"], sort=False)[list(MEASURES)].mean()
+    per_seed["train_seconds"] = frame.groupby(["method", "seed"], sort=False)["train_seconds"].median()
     rows = []
     for method, group in per_seed.groupby(level="method", sort=False):
         row: dict[str, object] = {"method": method, "seeds": len(group)}
@@ -89,8 +91,8 @@ def results_tables(frame: pd.DataFrame, last: int, title: str) -> list[Table]:
     losses = _table(
         f"{heading}: losses",
         "excess: held-out loss over the task's floor at its end; probe, fresh: excess on a new task after the "
-        "probe's steps from the weights the task starts with, from a new network; extra: time per task "
-        f"against {BASELINE}",
+        "probe's steps from the weights the task starts with, from a new network; s/task: median training "
+        f"time per task; extra: against {BASELINE}'s",
         ["method", "seeds", "excess", "probe", "fresh", "s/task", "extra"],
     )
     state = _table(
