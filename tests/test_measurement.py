@@ -222,3 +222,34 @@ def test_taylor_matches_proj_grad() -> None:
     hooked.after_backward()  # a hook metric ignores it
     assert torch.equal(before, hooked.weights[0])
     hooked.detach()
+
+
+def test_event_probes_change_what_is_measured_never_the_training(tmp_path: Path) -> None:
+    """``layers`` probes before the event and after each layer, ``event`` only around the whole
+    event (the same two ends), ``off`` not at all; the weights train the same in every mode."""
+    from apoptosis.analysis.report import events_frame
+
+    runs = {}
+    for probes in ("layers", "event", "off"):
+        config = tiny_run_config(tmp_path, steps=20, interval=10, maturity=1, prune_rate=0.25)
+        config.trainer.event_probes = probes
+        Trainer(config, tmp_path / probes, show_progress=False).fit()
+        runs[probes] = (read_events(tmp_path / probes), pd.read_csv(tmp_path / probes / "metrics.csv"))
+    layers, event, off = (runs[p][0] for p in ("layers", "event", "off"))
+    assert len(layers) == len(event) == len(off) == 2  # one event (step 10) on 2 layers
+    for p in ("event", "off"):
+        pd.testing.assert_frame_equal(
+            runs[p][1].drop(columns="tokens_per_s"), runs["layers"][1].drop(columns="tokens_per_s")
+        )
+    assert all(e["probe_loss_after"] is not None for e in layers)
+    for number in {e["event"] for e in layers}:
+        full = [e for e in layers if e["event"] == number]
+        ends = [e for e in event if e["event"] == number]
+        assert ends[0]["probe_loss_before"] == pytest.approx(full[0]["probe_loss_before"])
+        assert ends[-1]["probe_loss_after"] == pytest.approx(full[-1]["probe_loss_after"])
+        assert ends[0]["probe_loss_after"] is None and ends[-1]["probe_loss_before"] is None
+    assert all(e["probe_loss_before"] is None and e["probe_loss_after"] is None for e in off)
+    summaries = {p: pd.read_json(tmp_path / p / "summary.json", typ="series") for p in runs}
+    assert summaries["event"]["mean_event_disruption"] == pytest.approx(summaries["layers"]["mean_event_disruption"])
+    assert summaries["off"]["mean_event_disruption"] is None
+    assert events_frame([tmp_path / "off"])["surgery"].isna().all()

@@ -71,7 +71,8 @@ def test_fused_adamw_matches_through_surgery_and_bf16_autocast_stays_close(tmp_p
 @pytest.mark.parametrize(
     "setting, message",
     [("trainer.tf32=true", "trainer.tf32 needs trainer.device cuda"),
-     ("trainer.autocast=fp8", "trainer.autocast must be one of none, bf16")],
+     ("trainer.autocast=fp8", "trainer.autocast must be one of none, bf16"),
+     ("trainer.event_probes=some", "trainer.event_probes must be one of layers, event, off")],
 )  # fmt: skip
 def test_options_that_cannot_apply_are_one_line_errors(setting, message, tmp_path, monkeypatch, capsys) -> None:
     code, _, err = run_main(

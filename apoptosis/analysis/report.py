@@ -204,7 +204,7 @@ def events_frame(run_dirs: list[Path]) -> pd.DataFrame:
             lines = [e for e in events if e["event"] == number]
             surgery = [e for e in lines if e["layer"] is not None]
             follower = [e for e in lines if e["layer"] is None]
-            before, after = surgery[0]["probe_loss_before"], surgery[-1]["probe_loss_after"]
+            before, after = _loss(surgery[0]["probe_loss_before"]), _loss(surgery[-1]["probe_loss_after"])
             rows.append(
                 {
                     "group": f"{run_dir.parent.name}/{strategy}",
@@ -212,12 +212,17 @@ def events_frame(run_dirs: list[Path]) -> pd.DataFrame:
                     "event": number,
                     "step": surgery[0]["step"],
                     "surgery": after - before,
-                    "after_follower": (follower[-1]["probe_loss_after"] if follower else after) - before,
+                    "after_follower": (_loss(follower[-1]["probe_loss_after"]) if follower else after) - before,
                     "follower_seconds": follower[-1]["seconds"] if follower else 0.0,
                     "recovery_steps": recovery_steps(metrics, surgery[0]["step"]),
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _loss(value: float | None) -> float:
+    """A probe loss from events.jsonl; nan where the run did not probe its events."""
+    return float("nan") if value is None else value
 
 
 def events_table(frame: pd.DataFrame) -> Table:

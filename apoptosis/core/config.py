@@ -22,6 +22,7 @@ from apoptosis.core.params import type_word
 
 ACTIVATIONS = ("gelu", "relu")
 AUTOCASTS = ("none", "bf16")
+EVENT_PROBES = ("layers", "event", "off")
 
 
 @dataclass
@@ -88,6 +89,7 @@ class TrainerConfig:
     fused_adamw: bool = False  # AdamW's fused kernel (CUDA, and CPU): one kernel for every parameter's update
     tf32: bool = False  # CUDA only: TensorFloat-32 matmuls and convolutions
     autocast: str = "none"  # "bf16": the training forward in bfloat16 autocast (weights and optimizer stay float32)
+    event_probes: str = "layers"  # probe loss around every layer of an event, the whole "event", or "off"
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "eval_interval", "eval_batches", "log_interval", "checkpoint_interval"):
@@ -103,6 +105,10 @@ class TrainerConfig:
         )
         _check(
             self.autocast in AUTOCASTS, f"trainer.autocast must be one of {', '.join(AUTOCASTS)}, got {self.autocast!r}"
+        )
+        _check(
+            self.event_probes in EVENT_PROBES,
+            f"trainer.event_probes must be one of {', '.join(EVENT_PROBES)}, got {self.event_probes!r}",
         )
         _check(
             not self.tf32 or self.device.startswith("cuda"),

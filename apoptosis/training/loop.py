@@ -152,7 +152,7 @@ class Trainer:
             self.folder.mirror = TensorBoardLog(self.run_dir, self.lineage, resumed_at)
         self.events = EventRunner(
             self.model, self.populations, self.lineage, self.fitness, self.folder,
-            totals=lambda: self.totals, probe_loss=self.probe_loss, log=self._log,
+            totals=lambda: self.totals, probe_loss=self.probe_loss, log=self._log, probes=t.event_probes,
         )  # fmt: skip
         self.ctx = TrainingContext(
             step=self.step,

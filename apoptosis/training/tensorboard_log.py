@@ -43,7 +43,7 @@ class TensorBoardLog:
             self.writer.add_scalar("neurons/age_diversity", self.lineage.age_diversity(step), step)
 
     def event(self, record: dict[str, Any]) -> None:
-        if "probe_loss_after" in record:
+        if record.get("probe_loss_after") is not None and record.get("probe_loss_before") is not None:
             change = record["probe_loss_after"] - record["probe_loss_before"]
             self.writer.add_scalar(f"events/{record['kind']}_probe_loss_change", change, record["step"])
 
