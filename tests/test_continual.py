@@ -18,7 +18,7 @@ from apoptosis.core.registry import STRATEGIES
 from apoptosis.core.strategy import Phase, Strategy, TrainingContext, build_strategy
 from apoptosis.training import Trainer, lr_at, read_events, read_metrics
 from tests.conftest import make_colony, tiny_run_config
-from tests.test_cli import run_cli
+from tests.test_cli import run_cli, run_main
 
 S, K = 20, 5  # steps per phase, plasticity steps
 PROSE = "the cat sat on the mat and the dog ran far away from home. " * 120
@@ -210,7 +210,7 @@ def test_fresh_baseline_has_the_run_vocabulary_and_trains_k_steps_on_one_corpus(
     assert trainer.data.vocab.chars == Trainer(config, tmp_path / "full", show_progress=False).data.vocab.chars
 
 
-def test_continual_command_table_csvs_plots_and_errors(tmp_path: Path) -> None:
+def test_continual_command_table_csvs_plots_and_errors(tmp_path: Path, monkeypatch, capsys) -> None:
     prose, code = corpora(tmp_path)
     tiny = ["--set", "model.n_layer=1", "--set", "model.d_model=16", "--set", "model.n_head=2",
             "--set", "model.d_ff=32", "--set", "model.block_size=8", "--set", "trainer.eval_interval=10",
@@ -264,7 +264,8 @@ def test_continual_command_table_csvs_plots_and_errors(tmp_path: Path) -> None:
         ("--set", "then.nothing=1", "--compare", "standard+replay"): "no compared follower",
     }
     for extra, message in bad.items():
-        result = run_cli(["continual", *extra, "--name", "bad", *tiny[:-2]], tmp_path)
-        assert result.returncode == 2 and message in result.stderr, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
+        monkeypatch.chdir(tmp_path)
+        code, _, err = run_main(["continual", *extra, "--name", "bad", *tiny[:-2]], monkeypatch, capsys)
+        assert code == 2 and message in err, err
+        assert len(err.strip().splitlines()) == 1
         assert not (tmp_path / "runs" / "bad").exists()

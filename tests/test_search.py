@@ -28,7 +28,7 @@ from apoptosis.search.space import (
 from apoptosis.search.study import StudySpec
 from apoptosis.search.taguchi import run_taguchi
 from tests.conftest import tiny_run_config
-from tests.test_cli import run_cli
+from tests.test_cli import run_cli, run_main
 
 QUIET = Console(quiet=True)
 
@@ -291,7 +291,7 @@ def test_search_compare_on_the_synthetic_objective(tmp_path):
 # --- the command line ------------------------------------------------------------------------
 
 
-def test_cli_search_commands_and_their_errors(tmp_path):
+def test_cli_search_commands_and_their_errors(tmp_path, monkeypatch, capsys):
     factors = write_factors(tmp_path, L9_FACTORS)
     ok = run_cli(["search", "optuna", "--study", "a", "--objective", "synthetic", "--trials", "4"], tmp_path)
     assert ok.returncode == 0, ok.stderr
@@ -319,6 +319,7 @@ def test_cli_search_commands_and_their_errors(tmp_path):
         (["search", "taguchi", "--study", "c", "--factors", str(factors), "--array", "L99"], "unknown"),
         (["search", "optuna", "--study", "a", "--strategies", "hybrid", "--objective", "synthetic"], "different"),
     ]:
-        bad = run_cli(args, tmp_path)
-        assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
-        assert message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        monkeypatch.chdir(tmp_path)
+        code, _, err = run_main(args, monkeypatch, capsys)  # in this process: a subprocess per error is slow
+        assert code == 2 and "Traceback" not in err, err
+        assert message in err and len(err.strip().splitlines()) == 1, err
