@@ -21,7 +21,7 @@ from apoptosis.core.model import GPT
 from apoptosis.plasticity import benchmark
 from apoptosis.plasticity.benchmark import COLUMNS, CellRun, Settings, record_arguments, run_benchmark
 from apoptosis.plasticity.measures import dormant_fraction, effective_rank, weight_norm
-from apoptosis.plasticity.report import MEASURES, last_task_stats, paired_stats
+from apoptosis.plasticity.report import MEASURES, last_task_stats, paired_stats, results_tables
 from apoptosis.plasticity.tasks import PROBE, MarkovChain, TaskFamily, memorisation_floor
 from apoptosis.training import Trainer
 from tests.test_cli import run_main
@@ -152,6 +152,25 @@ def test_paired_differences_cancel_the_seeds_and_count_only_shared_seeds() -> No
     assert paired.loc["cbp", "paired_seeds"] == 1 and np.isnan(paired.loc["cbp", "vs_none_excess_ci"])
     unprobed = paired_stats(pd.DataFrame(rows).assign(probe_loss=np.nan), last=2).set_index("method")
     assert unprobed.loc["redo", "paired_seeds"] == 3  # seeds are counted by the excess loss, measured always
+
+
+def test_late_against_early_is_the_methods_own_probe_loss_at_the_end_minus_after_its_first_task() -> None:
+    rows = [
+        {"method": m, "seed": seed, "task": task, "train_seconds": 1.0, "excess_loss": 0.0,
+         "probe_loss": 9.0 if task == 1 else (0.2 * task + seed if m == "none" else 1.0 + seed),
+         "fresh_probe_loss": 1.0, **{c: 0.0 for c in ("dormant_fraction", "effective_rank", "weight_norm")}}
+        for m in ("none", "cbp") for seed in (1, 2) for task in range(1, 6)
+    ]  # fmt: skip
+    paired = paired_stats(pd.DataFrame(rows), last=2).set_index("method")
+    # none: tasks 4-5 (0.8, 1.0) minus tasks 2-3 (0.4, 0.6); task 1 (the untrained network's probe) left out
+    assert paired.loc["none", "late_vs_early"] == pytest.approx(0.4) and paired.loc["none", "late_vs_early_ci"] == 0
+    assert paired.loc["cbp", "late_vs_early"] == pytest.approx(0.0)
+    tables = results_tables(pd.DataFrame(rows), 2, "t")
+    console = Console(record=True, width=80)
+    for table in tables:
+        console.print(table)
+    text = console.export_text()
+    assert "late - early" in text and "+0.400±0.000" in text and "…" not in text  # fits 80 columns uncut
 
 
 # --- the trainer at task boundaries -------------------------------------------------------------

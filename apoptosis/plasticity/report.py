@@ -60,17 +60,27 @@ def paired_stats(frame: pd.DataFrame, last: int) -> pd.DataFrame:
     """Per method, paired by seed over the last ``last`` tasks (every method meets the same tasks
     on a seed, so the pairs cancel the tasks' own difficulty): the excess and probe loss minus
     ``none``'s on the seeds both have, and the probe loss minus the fresh network's. Each is the
-    mean of the per-seed differences with the half-width of its 95% t interval (``<name>_ci``)."""
+    mean of the per-seed differences with the half-width of its 95% t interval (``<name>_ci``).
+
+    ``late_vs_early``: the method's own probe loss over the last tasks minus over the first
+    ``last`` tasks after the first (whose probe starts from the untrained network), per seed:
+    above 0, the network learns a new task worse than it did early on, the measure of loss of
+    plasticity in Dohare et al. (2024)'s figures."""
     tail = frame[frame["task"] > frame["task"].max() - last].assign(
         behind_fresh=lambda f: f["probe_loss"] - f["fresh_probe_loss"]
     )
     per_seed = tail.groupby(["method", "seed"], sort=False)[["excess_loss", "probe_loss", "behind_fresh"]].mean()
+    early = frame[(frame["task"] > 1) & (frame["task"] <= 1 + last)]
+    per_seed["late_vs_early"] = (
+        per_seed["probe_loss"] - early.groupby(["method", "seed"], sort=False)["probe_loss"].mean()
+    )
     baseline = per_seed.xs(BASELINE, level="method") if BASELINE in per_seed.index.get_level_values(0) else None
     rows = []
     for method, group in per_seed.groupby(level="method", sort=False):
         group = group.droplevel("method")
-        row: dict[str, object] = {"method": method, "behind_fresh": group["behind_fresh"].mean(),
-                                  "behind_fresh_ci": half_width(group["behind_fresh"])}  # fmt: skip
+        row: dict[str, object] = {"method": method}
+        for name in ("behind_fresh", "late_vs_early"):
+            row[name], row[f"{name}_ci"] = group[name].mean(), half_width(group[name])
         for column, name in (("excess_loss", "vs_none_excess"), ("probe_loss", "vs_none_probe")):
             missing = pd.Series(dtype=float)
             difference = (group[column] - baseline[column]).dropna() if baseline is not None else missing
@@ -82,8 +92,9 @@ def paired_stats(frame: pd.DataFrame, last: int) -> pd.DataFrame:
 
 
 def results_tables(frame: pd.DataFrame, last: int, title: str) -> list[Table]:
-    """The last tasks' means ± 95% intervals per method in two tables that fit 80 columns: the
-    losses with each method's extra time, then the state of the network."""
+    """The last tasks' means ± 95% intervals per method in tables that fit 80 columns: the losses
+    with each method's extra time, the state of the network, the losses against ``none``'s paired
+    by seed, and whether plasticity was kept (against a new network, and against itself early)."""
     summary = last_task_stats(frame, last)
     baseline = summary.set_index("method")["train_seconds"].get(BASELINE)
     tasks = int(frame["task"].max())
@@ -109,18 +120,25 @@ def results_tables(frame: pd.DataFrame, last: int, title: str) -> list[Table]:
                        cells["fresh_probe_loss"], f"{seconds:.1f}", extra)  # fmt: skip
         state.add_row(str(row["method"]), cells["dormant_fraction"], cells["effective_rank"], cells["weight_norm"])
     paired = _table(
-        "paired by seed (the same means; a difference is shown where both have the seed)",
-        f"excess, probe: the method's minus {BASELINE}'s on the same seeds (negative: better than {BASELINE}); "
-        "probe - fresh: above 0, the method learns a new task worse than a new network",
-        ["method", "seeds", f"excess - {BASELINE}", f"probe - {BASELINE}", "probe - fresh"],
+        f"against {BASELINE}, paired by seed (the same means, on the seeds both have)",
+        f"the method's minus {BASELINE}'s on the same seeds: negative, better than {BASELINE}",
+        ["method", "seeds", f"excess - {BASELINE}", f"probe - {BASELINE}"],
+    )
+    kept = _table(
+        "plasticity: against a new network and against itself early on, per seed",
+        "probe - fresh: above 0, the method learns a new task worse than a new network; late - early: its "
+        f"probe loss over the last tasks minus over tasks 2..{1 + last}; above 0, it lost plasticity",
+        ["method", "probe - fresh", "late - early"],
     )
     for row in paired_stats(frame, last).to_dict("records"):
         cells = {name: _mean_ci(row[name], row[f"{name}_ci"], "+.3f") for name in
-                 ("vs_none_excess", "vs_none_probe", "behind_fresh")}  # fmt: skip
-        seeds = str(row["paired_seeds"])
-        excess, probe = ("-", "-") if row["method"] == BASELINE else (cells["vs_none_excess"], cells["vs_none_probe"])
-        paired.add_row(str(row["method"]), seeds, excess, probe, cells["behind_fresh"])
-    return [losses, state, paired]
+                 ("vs_none_excess", "vs_none_probe", "behind_fresh", "late_vs_early")}  # fmt: skip
+        if row["method"] != BASELINE:
+            paired.add_row(
+                str(row["method"]), str(row["paired_seeds"]), cells["vs_none_excess"], cells["vs_none_probe"]
+            )
+        kept.add_row(str(row["method"]), cells["behind_fresh"], cells["late_vs_early"])
+    return [losses, state, paired, kept]
 
 
 def _table(title: str, caption: str, headings: list[str]) -> Table:
