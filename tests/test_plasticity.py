@@ -165,6 +165,8 @@ def test_late_against_early_is_the_methods_own_probe_loss_at_the_end_minus_after
     # none: tasks 4-5 (0.8, 1.0) minus tasks 2-3 (0.4, 0.6); task 1 (the untrained network's probe) left out
     assert paired.loc["none", "late_vs_early"] == pytest.approx(0.4) and paired.loc["none", "late_vs_early_ci"] == 0
     assert paired.loc["cbp", "late_vs_early"] == pytest.approx(0.0)
+    overlapping = paired_stats(pd.DataFrame(rows), last=4).set_index("method")  # no early task before the last 4
+    assert np.isnan(overlapping.loc["none", "late_vs_early"])
     tables = results_tables(pd.DataFrame(rows), 2, "t")
     console = Console(record=True, width=80)
     for table in tables:

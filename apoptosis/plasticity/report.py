@@ -63,14 +63,16 @@ def paired_stats(frame: pd.DataFrame, last: int) -> pd.DataFrame:
     mean of the per-seed differences with the half-width of its 95% t interval (``<name>_ci``).
 
     ``late_vs_early``: the method's own probe loss over the last tasks minus over the first
-    ``last`` tasks after the first (whose probe starts from the untrained network), per seed:
+    ``last`` tasks after the first (whose probe starts from the untrained network) that are not
+    among the last (nan when none are left), per seed:
     above 0, the network learns a new task worse than it did early on, the measure of loss of
     plasticity in Dohare et al. (2024)'s figures."""
     tail = frame[frame["task"] > frame["task"].max() - last].assign(
         behind_fresh=lambda f: f["probe_loss"] - f["fresh_probe_loss"]
     )
     per_seed = tail.groupby(["method", "seed"], sort=False)[["excess_loss", "probe_loss", "behind_fresh"]].mean()
-    early = frame[(frame["task"] > 1) & (frame["task"] <= 1 + last)]
+    early_end = min(1 + last, frame["task"].max() - last)  # the early tasks end before the last ones begin
+    early = frame[(frame["task"] > 1) & (frame["task"] <= early_end)]
     per_seed["late_vs_early"] = (
         per_seed["probe_loss"] - early.groupby(["method", "seed"], sort=False)["probe_loss"].mean()
     )
@@ -127,7 +129,8 @@ def results_tables(frame: pd.DataFrame, last: int, title: str) -> list[Table]:
     kept = _table(
         "plasticity: against a new network and against itself early on, per seed",
         "probe - fresh: above 0, the method learns a new task worse than a new network; late - early: its "
-        f"probe loss over the last tasks minus over tasks 2..{1 + last}; above 0, it lost plasticity",
+        f"probe loss over the last tasks minus over tasks 2..{max(1, min(1 + last, tasks - last))}; above 0, "
+        "it lost plasticity",
         ["method", "probe - fresh", "late - early"],
     )
     for row in paired_stats(frame, last).to_dict("records"):
