@@ -155,8 +155,9 @@ def test_cli_then_and_compare_with_a_follower(tmp_path: Path) -> None:
     frame = (tmp_path / "runs" / "c" / "compare.csv").read_text()
     assert "standard+lazarus" in frame and (tmp_path / "runs" / "c" / "standard+lazarus-s1" / "summary.json").exists()
     runs = [str(p) for p in sorted((tmp_path / "runs" / "c").glob("*-s1"))]
-    listed = run_cli(["events", *runs, "--csv", "events.csv"], tmp_path)
+    listed = run_cli(["events", *runs, "--csv", "events.csv", "--plot", "events.png"], tmp_path)
     assert listed.returncode == 0, listed.stderr
+    assert (tmp_path / "events.png").stat().st_size > 0
     assert "c/standard+lazarus" in listed.stdout and "c/standard " in listed.stdout
     rows = pd.read_csv(tmp_path / "events.csv")
     followed = rows[rows["group"] == "c/standard+lazarus"].iloc[0]

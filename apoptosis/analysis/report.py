@@ -220,6 +220,24 @@ def events_frame(run_dirs: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def plot_events(frame: pd.DataFrame, path: Path) -> None:
+    """Per event number, one line per group with the runs' 95% interval: the loss spike (the
+    surgery's probe-loss change) and the steps until the training loss is back."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from apoptosis.training.run_plots import save_figure
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, column, label in ((axes[0], "surgery", "loss spike (probe loss change)"),
+                              (axes[1], "recovery_steps", "steps until the loss is back")):  # fmt: skip
+        sns.pointplot(data=frame, x="event", y=column, hue="group", errorbar=("ci", 95), dodge=0.3, ax=ax)
+        ax.set_ylabel(label)
+    axes[0].axhline(0, color="grey", linewidth=1)
+    fig.suptitle("each event: mean over runs and 95% interval")
+    save_figure(fig, path)
+
+
 def _loss(value: float | None) -> float:
     """A probe loss from events.jsonl; nan where the run did not probe its events."""
     return float("nan") if value is None else value

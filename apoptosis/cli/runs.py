@@ -126,10 +126,14 @@ def summarize(
 def events(
     run_dirs: Annotated[list[Path], typer.Argument(help="finished run folders, e.g. runs/cmp/*-s*")],
     csv: Annotated[Path | None, typer.Option(help="also write one row per run and event to this CSV file")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="also draw each event's spike and recovery (PNG)")
+    ] = None,
 ) -> None:
     """The disruption of every event (probe loss before and after the surgery, and after a
-    follower), per comparison and strategy, averaged over runs."""
-    from apoptosis.analysis.report import events_frame, events_table
+    follower) and the steps until the training loss is back, per comparison and strategy,
+    averaged over runs."""
+    from apoptosis.analysis.report import events_frame, events_table, plot_events
     from apoptosis.core.io import atomic_write_text
 
     frame = events_frame(run_dirs)
@@ -138,3 +142,5 @@ def events(
     console.print(events_table(frame))
     if csv is not None:
         atomic_write_text(csv, frame.to_csv(index=False))
+    if plot is not None:
+        plot_events(frame, plot)
