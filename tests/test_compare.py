@@ -52,6 +52,39 @@ def test_plan_sends_strategy_settings_only_where_they_exist(tmp_path: Path) -> N
         plan_runs(RunConfig(), ["standard"], [1], {"prune_rate": 0.9}, tmp_path)
 
 
+def test_a_label_with_its_own_settings_is_a_sweep_point(tmp_path: Path) -> None:
+    labels = ["none", "standard@prune_rate=0.05", "standard@prune_rate=0.2@interval=30", "standard+lazarus@steps=7"]
+    runs = plan_runs(RunConfig(), labels, [1], {"interval": 50}, tmp_path, {"lr": 1e-3})
+    config = {r.strategy: r.config for r in runs}
+    assert config["standard@prune_rate=0.05"].strategy.params == {"interval": 50, "prune_rate": 0.05}
+    assert config["standard@prune_rate=0.2@interval=30"].strategy.params == {"interval": 30, "prune_rate": 0.2}
+    followed = config["standard+lazarus@steps=7"]  # a setting only the follower has goes to it
+    assert followed.strategy.name == "standard" and followed.then.params == {"lr": 1e-3, "steps": 7}
+    assert runs[1].run_dir == tmp_path / "standard@prune_rate=0.05-s1"
+    for label, message in [("standard@nope=1", "standard has no parameter 'nope'"),
+                           ("standard@prune_rate", "expected STRATEGY@PARAM=VALUE"),
+                           ("standard@prune_rate=0.9", "prune_rate")]:  # fmt: skip
+        with pytest.raises(ApoptosisError, match=message):
+            plan_runs(RunConfig(), [label], [1], {}, tmp_path)
+
+
+def test_the_sweep_plot_draws_one_line_per_swept_setting(tmp_path: Path) -> None:
+    from apoptosis.analysis.sweeps import plot_sweeps, sweep_points
+
+    frame = pd.DataFrame(
+        [
+            {"strategy": s, "seed": k, "final_val_loss": 2.0 + 0.1 * k}
+            for s in ("none", "standard@prune_rate=0.05", "standard@prune_rate=0.1", "hybrid@mode=x", "orthogonal")
+            for k in (1, 2, 3)
+        ]  # fmt: skip
+    )
+    points = sweep_points(frame)
+    assert set(points["sweep"]) == {"standard: prune_rate"} and sorted(set(points["value"])) == [0.05, 0.1]
+    assert plot_sweeps(frame, tmp_path / "sweep.png") and (tmp_path / "sweep.png").stat().st_size > 0
+    one_value = frame[frame["strategy"] != "standard@prune_rate=0.1"]
+    assert not plot_sweeps(one_value, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
 def test_compare_cli_runs_every_strategy_and_seed_in_parallel(tmp_path: Path) -> None:
     data = tmp_path / "tiny.txt"
     data.write_text(TINY_TEXT, encoding="utf-8")

@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from scipy import stats
 
+from apoptosis.analysis.sweeps import plot_sweeps
 from apoptosis.core.config import RunConfig, StrategyConfig, no_follower
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.io import atomic_write_text
@@ -54,11 +55,14 @@ def plan_runs(
     """One config per (strategy, seed); a strategy ``A+B`` is A with follower B (a follower alone
     follows ``none``). ``strategy_sets`` (from ``--set strategy.X=...``) go to every strategy that
     has parameter X, ``then_sets`` to every follower that has it; a setting that nothing compared
-    has is an error."""
+    has is an error. A label's own settings (``A@X=v``, :func:`split_variant`) go to A, or to its
+    follower when only that has X, and win over the shared ones."""
+    from apoptosis.core.config import split_variant
     from apoptosis.core.strategy import build_strategy, resolve_composition
 
     then_sets = then_sets or {}
-    pairs = {label: resolve_composition(label) for label in strategies}
+    variants = {label: split_variant(label) for label in strategies}
+    pairs = {label: resolve_composition(base_label) for label, (base_label, _) in variants.items()}
     known = {name: _param_names(name) for name, _ in pairs.values()}
     known_then = {follower: _param_names(follower, follower=True) for _, follower in pairs.values() if follower}
     for sets, names, section in ((strategy_sets, known, "strategy"), (then_sets, known_then, "then")):
@@ -69,10 +73,18 @@ def plan_runs(
     runs = []
     for label, (name, follower) in pairs.items():
         params = {k: v for k, v in strategy_sets.items() if k in known[name]}
+        then_params = {k: v for k, v in then_sets.items() if follower and k in known_then[follower]}
+        for key, value in variants[label][1].items():
+            if key in known[name]:
+                params[key] = value
+            elif follower and key in known_then[follower]:
+                then_params[key] = value
+            else:
+                raise ApoptosisError(f"{label!r}: {variants[label][0]} has no parameter {key!r}")
         build_strategy(name, params)  # validate before any run starts
         then = no_follower()
         if follower:
-            then = StrategyConfig(follower, {k: v for k, v in then_sets.items() if k in known_then[follower]})
+            then = StrategyConfig(follower, then_params)
             build_strategy(follower, then.params, follower=True)
         for seed in seeds:
             config = copy.deepcopy(base)
@@ -323,4 +335,5 @@ def compare(
         atomic_write_text(out_dir / "compare.csv", frame.to_csv(index=False))
         atomic_write_text(out_dir / "compare_stats.csv", strategy_stats(frame).to_csv(index=False))
         plot_comparison(frame, out_dir)
+        plot_sweeps(frame, out_dir / "sweep.png", BASELINE)
         return frame

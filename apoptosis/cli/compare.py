@@ -24,7 +24,11 @@ from apoptosis.core.errors import ApoptosisError
 @app.command()
 def compare(
     strategies: Annotated[
-        str, typer.Option(help="comma-separated strategies, e.g. none,standard,standard+lazarus (A+B: B follows A)")
+        str,
+        typer.Option(
+            help="comma-separated strategies, e.g. none,standard,standard+lazarus (A+B: B follows A); "
+            "A@X=v gives A its own setting, e.g. standard@prune_rate=0.05 (a sweep: sweep.png)"
+        ),
     ],
     seeds: Annotated[int, typer.Option(help="seeds 1..N for every strategy")] = 3,
     steps: Annotated[int | None, typer.Option(help="training steps per run")] = None,
@@ -51,7 +55,8 @@ def compare(
     frame = run_comparison(base, names, seeds, sets["strategy"], out_dir, workers, console, sets["then"])
     for table in comparison_tables(frame, f"{name} ({base.trainer.steps} steps, seeds 1..{seeds})"):
         console.print(table)
-    console.print(f"Comparison folder: {out_dir} (compare.csv, val_loss.png, ages.png)")
+    plots = "val_loss.png, ages.png" + (", sweep.png" if (out_dir / "sweep.png").exists() else "")
+    console.print(f"Comparison folder: {out_dir} (compare.csv, {plots})")
 
 
 @app.command()

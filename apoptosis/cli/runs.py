@@ -126,9 +126,7 @@ def summarize(
 def events(
     run_dirs: Annotated[list[Path], typer.Argument(help="finished run folders, e.g. runs/cmp/*-s*")],
     csv: Annotated[Path | None, typer.Option(help="also write one row per run and event to this CSV file")] = None,
-    plot: Annotated[
-        Path | None, typer.Option(help="also draw each event's spike and recovery (PNG)")
-    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="also draw each event's spike and recovery (PNG)")] = None,
 ) -> None:
     """The disruption of every event (probe loss before and after the surgery, and after a
     follower) and the steps until the training loss is back, per comparison and strategy,

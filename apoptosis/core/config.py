@@ -255,6 +255,15 @@ def split_composition(label: str) -> tuple[str, str]:
     return name, follower
 
 
+def split_variant(label: str) -> tuple[str, dict[str, Any]]:
+    """``standard@prune_rate=0.05`` -> ("standard", {"prune_rate": 0.05}): a compared strategy (or
+    ``A+B``) with settings of its own, so one comparison can hold a sweep; ``@a=1@b=2`` for more."""
+    base, *assignments = label.split("@")
+    if any("=" not in a for a in assignments):
+        raise ApoptosisError(f"{label!r}: expected STRATEGY@PARAM=VALUE, e.g. standard@prune_rate=0.05")
+    return base, dict(parse_set_option(a) for a in assignments)
+
+
 def parse_set_option(assignment: str) -> tuple[str, Any]:
     """``key=value`` -> (key, value), the value read as a TOML literal (a bare word is a string)."""
     key, sep, text = assignment.partition("=")
