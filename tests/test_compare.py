@@ -63,7 +63,9 @@ def test_a_label_with_its_own_settings_is_a_sweep_point(tmp_path: Path) -> None:
     assert runs[1].run_dir == tmp_path / "standard@prune_rate=0.05-s1"
     for label, message in [("standard@nope=1", "standard has no parameter 'nope'"),
                            ("standard@prune_rate", "expected STRATEGY@PARAM=VALUE"),
-                           ("standard@prune_rate=0.9", "prune_rate")]:  # fmt: skip
+                           ("standard@prune_rate=0.9", "prune_rate"),
+                           ("standard@prune_rate=0.05+lazarus", "a follower comes before the settings"),
+                           ("standard@interval=5@interval=6", "interval is set twice")]:  # fmt: skip
         with pytest.raises(ApoptosisError, match=message):
             plan_runs(RunConfig(), [label], [1], {}, tmp_path)
 

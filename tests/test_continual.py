@@ -265,7 +265,7 @@ def test_continual_command_table_csvs_plots_and_errors(tmp_path: Path, monkeypat
     }
     for extra, message in bad.items():
         monkeypatch.chdir(tmp_path)
-        code, _, err = run_main(["continual", *extra, "--name", "bad", *tiny[:-2]], monkeypatch, capsys)
-        assert code == 2 and message in err, err
+        rc, _, err = run_main(["continual", *extra, "--name", "bad", *tiny[:-2]], monkeypatch, capsys)
+        assert rc == 2 and message in err, err
         assert len(err.strip().splitlines()) == 1
         assert not (tmp_path / "runs" / "bad").exists()

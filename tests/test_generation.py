@@ -95,3 +95,12 @@ def test_the_cache_refuses_more_positions_than_it_holds() -> None:
     cache.extend(torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 2, 4))
     with pytest.raises(ValueError, match="holds 3 positions"):
         cache.extend(torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 2, 4))
+
+
+def test_non_finite_logits_are_refused_not_sampled() -> None:
+    import pytest
+
+    from apoptosis.core.errors import ApoptosisError
+
+    with pytest.raises(ApoptosisError, match="not finite"):
+        GPT._sample(torch.tensor([[0.0, float("nan"), 1.0]]), 1.0, None, torch.Generator().manual_seed(0))

@@ -64,5 +64,27 @@ def test_recovery_steps_count_until_the_training_loss_is_back_below_its_level_be
     metrics = pd.DataFrame({"step": [10, 20, 30, 40, 50], "train_loss": [2.0, 1.9, 2.2, 1.95, 1.85]})
     assert recovery_steps(metrics, 20) == 30  # 1.9 before; 2.2 and 1.95 above it; 1.85 at step 50
     assert recovery_steps(metrics, 25) == 25  # between windows: the last window before counts
-    assert np.isnan(recovery_steps(metrics.iloc[:4], 20))  # never back within the run
+    assert recovery_steps(metrics.iloc[:4], 20) == np.inf  # never back within the run
     assert np.isnan(recovery_steps(metrics, 5))  # nothing logged before the event
+    assert np.isnan(recovery_steps(metrics, 50))  # nor after it: nothing to tell
+
+
+def test_events_of_a_sweep_keep_each_labels_own_settings_apart(tmp_path) -> None:
+    import json
+
+    from apoptosis.analysis.report import events_frame, events_table
+
+    runs = []
+    for label, spike in (("standard@prune_rate=0.05", 0.01), ("standard@prune_rate=0.2", 0.05)):
+        run = tmp_path / "sweep" / f"{label}-s1"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps({"strategy": "standard"}))
+        (run / "metrics.csv").write_text("step,train_loss\n10,2.0\n20,1.9\n30,2.1\n40,1.8\n")
+        line = {"event": 1, "step": 20, "kind": "standard", "layer": 0, "probe_loss_before": 2.0,
+                "probe_loss_after": 2.0 + spike}  # fmt: skip
+        (run / "events.jsonl").write_text(json.dumps(line) + "\n")
+        runs.append(run)
+    frame = events_frame(runs).set_index("group")
+    assert frame.loc["sweep/standard@prune_rate=0.2", "surgery"] == pytest.approx(0.05)
+    assert frame.loc["sweep/standard@prune_rate=0.05", "recovery_steps"] == 20
+    assert "+0.0500" in render(events_table(frame.reset_index()))

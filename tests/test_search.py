@@ -320,6 +320,6 @@ def test_cli_search_commands_and_their_errors(tmp_path, monkeypatch, capsys):
         (["search", "optuna", "--study", "a", "--strategies", "hybrid", "--objective", "synthetic"], "different"),
     ]:
         monkeypatch.chdir(tmp_path)
-        code, _, err = run_main(args, monkeypatch, capsys)  # in this process: a subprocess per error is slow
-        assert code == 2 and "Traceback" not in err, err
+        rc, _, err = run_main(args, monkeypatch, capsys)  # in this process: a subprocess per error is slow
+        assert rc == 2 and "Traceback" not in err, err
         assert message in err and len(err.strip().splitlines()) == 1, err

@@ -83,7 +83,8 @@ def test_options_that_cannot_apply_are_one_line_errors(setting, message, tmp_pat
 
 def test_training_the_default_corpus_loads_no_analysis_library(tmp_path) -> None:
     """Memory: scipy, pandas, seaborn, matplotlib, optuna and the corpus package's own parser
-    cost ~150 MB of resident memory together; training needs none of them."""
+    cost ~150 MB of resident memory together; the training loop needs none of them (the plots
+    and tables at the end of a run do)."""
     import os
     import subprocess
     import sys

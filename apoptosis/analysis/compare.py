@@ -28,7 +28,7 @@ from rich.table import Table
 from scipy import stats
 
 from apoptosis.analysis.sweeps import plot_sweeps
-from apoptosis.core.config import RunConfig, StrategyConfig, no_follower
+from apoptosis.core.config import RunConfig, StrategyConfig, no_follower, split_variant
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.io import atomic_write_text
 from apoptosis.training.run_folder import claimed
@@ -228,7 +228,7 @@ def strategy_stats(frame: pd.DataFrame) -> pd.DataFrame:
 def comparison_tables(frame: pd.DataFrame, title: str) -> list[Table]:
     """Two tables within 80 columns: final validation loss against the baseline, then the
     mechanics (variance of the training loss, events, disruption, ages, speed)."""
-    followed = frame["strategy"].str.contains("+", regex=False).any()  # a follower ran after events
+    followed = any("+" in split_variant(label)[0] for label in frame["strategy"])  # a follower ran after events
     stats_frame = strategy_stats(frame)
     losses = Table(
         title=f"{title}: final validation loss\n(Δ: mean difference to {BASELINE}, with its 95% interval paired "

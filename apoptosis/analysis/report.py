@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -178,13 +180,14 @@ def strategies_table(frame: pd.DataFrame) -> Table:
 
 def recovery_steps(metrics: pd.DataFrame, step: int) -> float:
     """Steps after an event at ``step`` until the training loss (per logged window) is back at or
-    below the last window before the event; nan if it never is in the run."""
+    below the last window before the event; inf if it never is in the run, nan where no window
+    was logged before or after the event (nothing to tell)."""
     before = metrics[metrics["step"] <= step]["train_loss"].dropna()
     after = metrics[metrics["step"] > step].dropna(subset=["train_loss"])
-    if before.empty:
+    if before.empty or after.empty:
         return float("nan")
     back = after[after["train_loss"] <= before.iloc[-1]]
-    return float(back["step"].iloc[0] - step) if len(back) else float("nan")
+    return float(back["step"].iloc[0] - step) if len(back) else math.inf
 
 
 def events_frame(run_dirs: list[Path]) -> pd.DataFrame:
@@ -198,6 +201,8 @@ def events_frame(run_dirs: list[Path]) -> pd.DataFrame:
     rows = []
     for run_dir in map(Path, run_dirs):
         strategy = runs_frame([run_dir])["strategy"].iloc[0]
+        label = re.sub(r"-s\d+$", "", run_dir.name)  # a comparison's label keeps a sweep's own settings
+        strategy = label if label.startswith(f"{strategy}@") else strategy
         metrics = read_metrics(run_dir)
         events = [e for e in read_events(run_dir) if e.get("event") is not None]
         for number in sorted({e["event"] for e in events}):
@@ -228,10 +233,12 @@ def plot_events(frame: pd.DataFrame, path: Path) -> None:
 
     from apoptosis.training.run_plots import save_figure
 
+    frame = frame.replace(math.inf, np.nan)  # never back: left out of the means, as in the table
+    interval = ("ci", 95) if frame["event"].nunique() <= 50 else None  # thousands of events: means only
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, column, label in ((axes[0], "surgery", "loss spike (probe loss change)"),
                               (axes[1], "recovery_steps", "steps until the loss is back")):  # fmt: skip
-        sns.pointplot(data=frame, x="event", y=column, hue="group", errorbar=("ci", 95), dodge=0.3, ax=ax)
+        sns.lineplot(data=frame, x="event", y=column, hue="group", errorbar=interval, marker="o", ax=ax)
         ax.set_ylabel(label)
     axes[0].axhline(0, color="grey", linewidth=1)
     fig.suptitle("each event: mean over runs and 95% interval")
@@ -250,8 +257,8 @@ def events_table(frame: pd.DataFrame) -> Table:
         title="Event disruption (probe-loss change per event; mean over runs)",
         title_justify="left",
         caption="surgery: the strategy's surgery alone; after follower: once the follower (--then) ran; "
-        "steps back: until the training loss is back at its level before the event (mean over the runs "
-        "where it was; n/m: in n of m runs)",
+        "steps back: until the training loss is back at its level before the event (mean over the events "
+        "where it was; n/m: back in n of m events)",
         caption_justify="left",
     )
     for i, column in enumerate(["group", "event", "runs", "surgery", "after follower", "follower s", "steps back"]):
@@ -264,9 +271,11 @@ def events_table(frame: pd.DataFrame) -> Table:
 
 
 def _event_cells(rows: pd.DataFrame) -> list[str]:
-    means = rows[["surgery", "after_follower", "follower_seconds", "recovery_steps"]].mean()
-    back = rows["recovery_steps"].notna().sum()
-    steps = f"{means['recovery_steps']:.0f}" if back else "-"
-    if back < len(rows):
-        steps += f" ({back}/{len(rows)})"
-    return [f"{means['surgery']:+.4f}", f"{means['after_follower']:+.4f}", f"{means['follower_seconds']:.1f}", steps]
+    steps = rows["recovery_steps"].dropna()  # nan: no window to tell
+    back = steps[np.isfinite(steps)]  # inf: never back within the run
+    cell = f"{back.mean():.0f}" if len(back) else "-"
+    if len(back) < len(steps):
+        cell += f" ({len(back)}/{len(steps)})"
+    means = rows[["surgery", "after_follower", "follower_seconds"]].mean()
+    loss = [f"{means[c]:+.4f}" if np.isfinite(means[c]) else "-" for c in ("surgery", "after_follower")]
+    return [*loss, f"{means['follower_seconds']:.1f}", cell]

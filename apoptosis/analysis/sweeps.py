@@ -26,28 +26,33 @@ def sweep_points(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_sweeps(frame: pd.DataFrame, path: Path, baseline: str = "none") -> bool:
-    """sweep.png: final validation loss against each swept setting (mean and 95% interval over
-    seeds), the ``baseline`` strategy's mean and 95% interval as a band; False when the comparison holds no sweep
-    (two values or more of one setting of one strategy)."""
+    """sweep.png: per swept setting, one panel of the final validation loss against its values
+    (mean and 95% interval over seeds), the ``baseline`` strategy's mean and 95% interval as a
+    line and band. Without a sweep (two values or more of one setting of one strategy) no
+    figure is drawn, a stale one is removed, and the answer is False."""
     points = sweep_points(frame)
     points = points[points.groupby("sweep")["value"].transform("nunique") >= 2]
     if points.empty:
+        path.unlink(missing_ok=True)
         return False
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     from apoptosis.training.run_plots import save_figure
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    sns.lineplot(data=points, x="value", y="final_val_loss", hue="sweep", errorbar=("ci", 95), marker="o", ax=ax)
-    baseline = frame[frame["strategy"] == baseline]["final_val_loss"]
-    if len(baseline):
-        ax.axhline(baseline.mean(), color="black", linewidth=1, label=baseline)
-        if len(baseline) > 1:
-            low, high = stats.t.interval(0.95, len(baseline) - 1, loc=baseline.mean(), scale=stats.sem(baseline))
-            ax.axhspan(low, high, color="grey", alpha=0.2)
+    sweeps = list(dict.fromkeys(points["sweep"]))
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 4.5), squeeze=False)
+    base_loss = frame[frame["strategy"] == baseline]["final_val_loss"]
+    for ax, sweep in zip(axes[0], sweeps, strict=True):
+        sns.lineplot(data=points[points["sweep"] == sweep], x="value", y="final_val_loss", errorbar=("ci", 95),
+                     marker="o", ax=ax, label=sweep.split(": ")[0])  # fmt: skip
+        if len(base_loss):
+            ax.axhline(base_loss.mean(), color="black", linewidth=1, label=baseline)
+            if len(base_loss) > 1:
+                low, high = stats.t.interval(0.95, len(base_loss) - 1, loc=base_loss.mean(), scale=stats.sem(base_loss))
+                ax.axhspan(low, high, color="grey", alpha=0.2)
+        ax.set_xlabel(sweep.split(": ")[1])
         ax.legend()
-    ax.set_xlabel("setting")
-    ax.set_title(f"final validation loss (mean, 95% interval over seeds); {baseline}: line and band")
+    fig.suptitle(f"final validation loss (mean, 95% interval over seeds); {baseline}: line and band")
     save_figure(fig, path)
     return True

@@ -259,9 +259,25 @@ def split_variant(label: str) -> tuple[str, dict[str, Any]]:
     """``standard@prune_rate=0.05`` -> ("standard", {"prune_rate": 0.05}): a compared strategy (or
     ``A+B``) with settings of its own, so one comparison can hold a sweep; ``@a=1@b=2`` for more."""
     base, *assignments = label.split("@")
-    if any("=" not in a for a in assignments):
-        raise ApoptosisError(f"{label!r}: expected STRATEGY@PARAM=VALUE, e.g. standard@prune_rate=0.05")
-    return base, dict(parse_set_option(a) for a in assignments)
+    own: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            raise ApoptosisError(f"{label!r}: expected STRATEGY@PARAM=VALUE, e.g. standard@prune_rate=0.05")
+        if "+" in text and not _is_number(text):
+            raise ApoptosisError(f"{label!r}: a follower comes before the settings, e.g. standard+lazarus@steps=50")
+        if key.strip() in own:
+            raise ApoptosisError(f"{label!r}: {key.strip()} is set twice")
+        own.update([parse_set_option(assignment)])
+    return base, own
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_set_option(assignment: str) -> tuple[str, Any]:

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from apoptosis.core.config import ModelConfig
+from apoptosis.core.errors import ApoptosisError
 
 INIT_STD = 0.02  # std of every Linear and Embedding weight at initialisation (GPT-2)
 
@@ -64,7 +65,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, C/H)
         if cache is not None:
             k, v = cache.extend(k, v)  # (B, H, T_all, C/H)
-        if cache is not None and T == 1:  # one new position sees every cached one; plain ops cost
+        if cache is not None and T == 1 and not self.training:  # one new position sees every cached one; plain ops cost
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # less than SDPA's set-up
             y = att.softmax(dim=-1) @ v  # (B, H, 1, C/H)
         else:
@@ -181,7 +182,7 @@ class GPT(nn.Module):
 
     def last_logits(self, idx: torch.Tensor, caches: list[KVCache] | list[None], start: int) -> torch.Tensor:
         """(B, vocab) logits after the last of ``idx`` (B, T), the tokens at positions
-        ``start..start+T-1``, the earlier ones being in ``caches`` (one list per block)."""
+        ``start..start+T-1``, the earlier ones being in ``caches`` (one per block; None: no cache)."""
         T = idx.size(1)
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
@@ -252,6 +253,8 @@ class GPT(nn.Module):
             logits[logits < v[:, [-1]]] = -float("inf")
         device = generator.device if generator is not None else logits.device
         probs = F.softmax(logits, dim=-1).to(device)
+        if not bool(torch.isfinite(probs).all()):
+            raise ApoptosisError("the model's next-token probabilities are not finite (NaN weights?): cannot sample")
         race = torch.empty_like(probs).exponential_(1.0, generator=generator).clamp_min_(torch.finfo(probs.dtype).tiny)
         return (probs / race).argmax(dim=-1, keepdim=True)
 
