@@ -93,7 +93,8 @@ def test_compare_cli_runs_every_strategy_and_seed_in_parallel(tmp_path: Path) ->
     sets = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.d_ff=64", "model.block_size=16",
             "trainer.batch_size=4", "trainer.eval_interval=10", "trainer.eval_batches=2",
             "strategy.interval=10", "strategy.maturity=5"]  # fmt: skip
-    cmd = [sys.executable, "-m", "apoptosis.cli", "compare", "--strategies", "none,standard,hybrid",
+    sweep = "none,standard@prune_rate=0.05,standard@prune_rate=0.2"
+    cmd = [sys.executable, "-m", "apoptosis.cli", "compare", "--strategies", sweep,
            "--seeds", "2", "--steps", "30", "--data", str(data), "--name", "cmp", "--runs-dir", str(tmp_path),
            "--workers", "2"]  # fmt: skip
     for s in sets:
@@ -102,20 +103,22 @@ def test_compare_cli_runs_every_strategy_and_seed_in_parallel(tmp_path: Path) ->
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     frame = pd.read_csv(tmp_path / "cmp" / "compare.csv")
-    assert list(frame.strategy) == ["none", "none", "standard", "standard", "hybrid", "hybrid"]
+    low, high = "standard@prune_rate=0.05", "standard@prune_rate=0.2"  # a sweep: labels with their own settings
+    assert list(frame.strategy) == ["none", "none", low, low, high, high]
     assert list(frame.seed) == [1, 2] * 3
     assert (frame[frame.strategy == "none"].events == 0).all()
     assert (frame[frame.strategy != "none"].events == 2).all()
-    for name in ("val_loss.png", "ages.png", "standard-s2/summary.json"):
+    for name in ("val_loss.png", "ages.png", "sweep.png", f"{low}-s2/summary.json"):
         assert (tmp_path / "cmp" / name).is_file()
-    assert "mean difference to none" in done.stdout and "hybrid" in done.stdout
+    assert "prune_rate = 0.2" in (tmp_path / "cmp" / f"{high}-s1" / "config.toml").read_text()
+    assert "mean difference to none" in done.stdout and high in done.stdout
     assert "paired 95% CI" in done.stdout
     # stopped comparisons continue: a finished run is read back, a killed one resumes, one killed
     # before its first checkpoint starts again; all end as the uninterrupted runs did
     finished = (tmp_path / "cmp" / "none-s1" / "metrics.csv").stat().st_mtime_ns
-    (tmp_path / "cmp" / "standard-s1" / "summary.json").unlink()
+    (tmp_path / "cmp" / f"{low}-s1" / "summary.json").unlink()
     for name in ("summary.json", "checkpoints/last.pt"):
-        (tmp_path / "cmp" / "hybrid-s2" / name).unlink()
+        (tmp_path / "cmp" / f"{high}-s2" / name).unlink()
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "cmp" / "none-s1" / "metrics.csv").stat().st_mtime_ns == finished
