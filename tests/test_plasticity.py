@@ -178,13 +178,14 @@ def test_late_against_early_is_the_methods_own_probe_loss_at_the_end_minus_after
 # --- the trainer at task boundaries -------------------------------------------------------------
 
 
-def phase_snapshots(method: str, run_dir: Path) -> list[tuple[str, int, dict[str, torch.Tensor]]]:
+def phase_snapshots(method: str, run_dir: Path, **params) -> list[tuple[str, int, dict[str, torch.Tensor]]]:
     """(moment, phase, weights) at every phase-start and phase-end call of a 2-task run."""
     settings = tiny(tasks=2)
     family = settings.family(16)
     corpora = {benchmark.task_name(i): family.task(1, i).dataset for i in range(2)}
     config = settings.base_config()
     config.strategy.name = method
+    config.strategy.params = dict(params)
     calls = []
 
     def record(moment: str):
@@ -210,6 +211,16 @@ def test_phase_hooks_see_the_trained_weights_then_what_full_reset_leaves(tmp_pat
     assert torch.equal(reset_end[ln], trained[ln])  # the same run until the boundary
     assert torch.equal(reset_next[ln], torch.ones_like(reset_next[ln]))  # a fresh network after it
     assert not torch.equal(reset_next["blocks.0.mlp.fc.weight"], reset_end["blocks.0.mlp.fc.weight"])
+
+
+def test_a_task_ends_before_the_events_of_its_last_step(tmp_path: Path) -> None:
+    """An event on a task's last step belongs to what the next task starts from, not to the
+    measurement of the task that ends (evaluation always precedes a step's events)."""
+    plain = phase_snapshots("none", tmp_path / "none")
+    evented = phase_snapshots("standard", tmp_path / "standard", interval=10, maturity=0, prune_rate=0.5)
+    fc = "blocks.0.mlp.fc.weight"
+    assert torch.equal(evented[1][2][fc], plain[1][2][fc])  # task 1's end: as trained, before the surgery
+    assert not torch.equal(evented[2][2][fc], evented[1][2][fc])  # the surgery at step 10 comes after it
 
 
 # --- the benchmark ----------------------------------------------------------------------------

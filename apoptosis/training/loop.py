@@ -225,8 +225,9 @@ class Trainer:
 
     def _train_step(self) -> None:
         """One step, in order: batch, forward, backward, fitness, optimizer step; then the model as
-        trained is evaluated (when due) before the strategies' events change it; then the metrics
-        row, the phase end and the checkpoint."""
+        trained is evaluated (when due) and, at a phase's last step, handed to ``on_phase_end``,
+        both before the strategies' events change it; then the metrics row, the strategies' phase
+        end and the checkpoint."""
         t = self.config.trainer
         started = time.perf_counter()
         self.step += 1
@@ -280,6 +281,9 @@ class Trainer:
             if self.on_evaluate is not None:
                 self.on_evaluate(self.step, tot.last_val_loss)
 
+        if self.phases.ends_at(self.step) and self.on_phase_end:  # the phase as its last step trained it,
+            self.on_phase_end(self.phases.phase_of(self.step))  # before this step's events, as evaluation
+
         started = time.perf_counter()
         try:
             for strategy, ctx in self._hooked():
@@ -302,8 +306,6 @@ class Trainer:
             if not math.isfinite(train_loss):
                 self._diverged(f"training loss became {train_loss} (mean of steps {first}..{self.step})")
             self._write_metrics_row(lr, tot.last_val_loss if is_eval else None, corpus_losses)
-        if self.phases.ends_at(self.step) and self.on_phase_end:
-            self.on_phase_end(self.phases.phase_of(self.step))
         if self.phases.ends_at(self.step) and not is_last:
             self._end_phase()
         if is_checkpoint:
