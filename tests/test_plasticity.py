@@ -223,6 +223,29 @@ def test_a_task_ends_before_the_events_of_its_last_step(tmp_path: Path) -> None:
     assert not torch.equal(evented[2][2][fc], evented[1][2][fc])  # the surgery at step 10 comes after it
 
 
+def test_measuring_tasks_changes_nothing_in_training(tmp_path: Path) -> None:
+    """Probes, task-end losses and network state run on the run's model between its steps: the
+    weights, the optimizer and the fitness a strategy chooses by must end as they would unmeasured."""
+
+    def trained(out: Path, measured: bool) -> CellRun:
+        settings = tiny(methods=("standard",), tasks=3, probe_every=1)
+        cell = benchmark.plan_cells(settings, out)[0]
+        cell.config.strategy.params.update(interval=7, maturity=0, prune_rate=0.25)  # events inside tasks
+        run = CellRun(cell, settings, out)
+        if not measured:
+            run.task_starts = run.task_ends = lambda index: None
+        run.run()
+        return run
+
+    measured, unmeasured = trained(tmp_path / "measured", True), trained(tmp_path / "unmeasured", False)
+    assert len(pd.read_csv(tmp_path / "measured" / "standard-s1" / "tasks.csv")) == 3
+    for part in (lambda run: run.trainer.model.state_dict(), lambda run: run.trainer.optimizer.state_dict(),
+                 lambda run: run.trainer.fitness.state_dict()):  # fmt: skip
+        torch.testing.assert_close(part(measured), part(unmeasured), rtol=0, atol=0)  # bit for bit
+    events = [json.loads(line) for line in (tmp_path / "measured" / "standard-s1" / "events.jsonl").read_text().splitlines()]
+    assert sum(e["kind"] == "standard" for e in events) == 4  # steps 7, 14, 21, 28: the strategy did act
+
+
 # --- the benchmark ----------------------------------------------------------------------------
 
 
