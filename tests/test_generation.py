@@ -97,10 +97,14 @@ def test_the_cache_refuses_more_positions_than_it_holds() -> None:
         cache.extend(torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 2, 4))
 
 
-def test_non_finite_logits_are_refused_not_sampled() -> None:
+def test_a_model_with_non_finite_weights_refuses_to_sample() -> None:
     import pytest
 
     from apoptosis.core.errors import ApoptosisError
 
-    with pytest.raises(ApoptosisError, match="not finite"):
-        GPT._sample(torch.tensor([[0.0, float("nan"), 1.0]]), 1.0, None, torch.Generator().manual_seed(0))
+    model = GPT(ModelConfig(vocab_size=5, n_layer=1, n_head=2, d_model=8, d_ff=16, block_size=8))
+    with torch.no_grad():
+        model.blocks[0].mlp.fc.weight[3, 0] = float("nan")
+    for use_cache in (True, False):
+        with pytest.raises(ApoptosisError, match="not finite"):
+            model.generate(torch.zeros(1, 1, dtype=torch.long), 4, generator=torch.Generator().manual_seed(0), use_cache=use_cache)

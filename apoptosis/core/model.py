@@ -227,6 +227,7 @@ class GPT(nn.Module):
         out = torch.empty(B, T0 + max_new_tokens, dtype=idx.dtype, device=idx.device)  # (B, T0 + new)
         out[:, :T0] = idx
         caches: list[KVCache] = []
+        finite = torch.ones((), dtype=torch.bool, device=idx.device)  # read once at the end: no sync per token
         for n in range(T0, T0 + max_new_tokens):
             if not use_cache:
                 logits = self.last_logits(out[:, max(0, n - block) : n], [None] * len(self.blocks), 0)
@@ -236,7 +237,10 @@ class GPT(nn.Module):
                 context = out[:, max(0, n - (block if not caches else block // 2)) : n]
                 caches = self.empty_caches()
                 logits = self.last_logits(context, caches, 0)
+            finite &= torch.isfinite(logits).all()
             out[:, n : n + 1] = self._sample(logits, temperature, top_k, generator).to(out.device)
+        if not bool(finite):
+            raise ApoptosisError("the model's next-token logits are not finite (NaN weights?): cannot sample")
         return out
 
     @staticmethod
@@ -253,8 +257,6 @@ class GPT(nn.Module):
             logits[logits < v[:, [-1]]] = -float("inf")
         device = generator.device if generator is not None else logits.device
         probs = F.softmax(logits, dim=-1).to(device)
-        if not bool(torch.isfinite(probs).all()):
-            raise ApoptosisError("the model's next-token probabilities are not finite (NaN weights?): cannot sample")
         race = torch.empty_like(probs).exponential_(1.0, generator=generator).clamp_min_(torch.finfo(probs.dtype).tiny)
         return (probs / race).argmax(dim=-1, keepdim=True)
 
