@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from apoptosis.analysis.compare import paired_interval, plan_runs, welch_interval
+from apoptosis.analysis.compare import plan_runs
+from apoptosis.analysis.intervals import paired_interval, welch_interval
+from apoptosis.analysis.report import events_frame
 from apoptosis.core.config import RunConfig
 from apoptosis.core.errors import ApoptosisError
 from tests.conftest import TINY_TEXT
@@ -111,6 +114,9 @@ def test_compare_cli_runs_every_strategy_and_seed_in_parallel(tmp_path: Path) ->
     for name in ("val_loss.png", "ages.png", "sweep.png", f"{low}-s2/summary.json"):
         assert (tmp_path / "cmp" / name).is_file()
     assert "prune_rate = 0.2" in (tmp_path / "cmp" / f"{high}-s1" / "config.toml").read_text()
+    assert json.loads((tmp_path / "cmp" / f"{high}-s1" / "summary.json").read_text())["strategy"] == high
+    events = events_frame([tmp_path / "cmp" / f"{label}-s1" for label in (low, high)])
+    assert set(events["group"]) == {f"cmp/{low}", f"cmp/{high}"}  # each sweep point is its own group
     assert "mean difference to none" in done.stdout and high in done.stdout
     assert "paired 95% CI" in done.stdout
     # stopped comparisons continue: a finished run is read back, a killed one resumes, one killed
@@ -124,6 +130,7 @@ def test_compare_cli_runs_every_strategy_and_seed_in_parallel(tmp_path: Path) ->
     assert (tmp_path / "cmp" / "none-s1" / "metrics.csv").stat().st_mtime_ns == finished
     columns = ["strategy", "seed", "final_val_loss", "events"]
     assert pd.read_csv(tmp_path / "cmp" / "compare.csv")[columns].equals(frame[columns])
+    assert json.loads((tmp_path / "cmp" / f"{low}-s1" / "summary.json").read_text())["strategy"] == low  # resumed
     changed = [*cmd, "--set", "strategy.interval=5"]  # the later --set wins
     refused = subprocess.run(changed, capture_output=True, text=True, env=env, timeout=120)
     assert refused.returncode == 2 and "holds another run (strategy.interval = 10" in refused.stderr

@@ -107,4 +107,6 @@ def test_a_model_with_non_finite_weights_refuses_to_sample() -> None:
         model.blocks[0].mlp.fc.weight[3, 0] = float("nan")
     for use_cache in (True, False):
         with pytest.raises(ApoptosisError, match="not finite"):
-            model.generate(torch.zeros(1, 1, dtype=torch.long), 4, generator=torch.Generator().manual_seed(0), use_cache=use_cache)
+            model.generate(
+                torch.zeros(1, 1, dtype=torch.long), 4, generator=torch.Generator().manual_seed(0), use_cache=use_cache
+            )

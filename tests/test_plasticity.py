@@ -242,7 +242,9 @@ def test_measuring_tasks_changes_nothing_in_training(tmp_path: Path) -> None:
     for part in (lambda run: run.trainer.model.state_dict(), lambda run: run.trainer.optimizer.state_dict(),
                  lambda run: run.trainer.fitness.state_dict()):  # fmt: skip
         torch.testing.assert_close(part(measured), part(unmeasured), rtol=0, atol=0)  # bit for bit
-    events = [json.loads(line) for line in (tmp_path / "measured" / "standard-s1" / "events.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(line) for line in (tmp_path / "measured" / "standard-s1" / "events.jsonl").read_text().splitlines()
+    ]
     assert sum(e["kind"] == "standard" for e in events) == 4  # steps 7, 14, 21, 28: the strategy did act
 
 

@@ -25,8 +25,8 @@ from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from scipy import stats
 
+from apoptosis.analysis.intervals import paired_interval, welch_interval
 from apoptosis.analysis.sweeps import plot_sweeps
 from apoptosis.core.config import RunConfig, StrategyConfig, no_follower, split_variant
 from apoptosis.core.errors import ApoptosisError
@@ -153,7 +153,7 @@ def _run_one(run: PlannedRun, threads: int | None) -> dict[str, Any]:
         if threads is not None:
             torch.set_num_threads(threads)
         resume = (run.run_dir / CHECKPOINT).exists()
-        summary = Trainer(run.config, run.run_dir, resume=resume, show_progress=False).fit()
+        summary = Trainer(run.config, run.run_dir, resume=resume, show_progress=False, label=run.strategy).fit()
     return {**summary, "strategy": run.strategy, "seed": run.seed, "run": run.run_dir.name}
 
 
@@ -177,33 +177,6 @@ def run_all(runs: list[PlannedRun], workers: int, console: Console) -> pd.DataFr
                     progress.console.log(f"{futures[future].run_dir.name}: val loss {rows[-1]['final_val_loss']:.4f}")
                     progress.advance(task)
     return pd.DataFrame(rows).sort_values(["strategy", "seed"]).reset_index(drop=True)
-
-
-def welch_interval(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """mean(a) - mean(b) with its Welch confidence interval (nan bounds when n < 2)."""
-    diff = float(np.mean(a) - np.mean(b))
-    if len(a) < 2 or len(b) < 2:
-        return diff, float("nan"), float("nan")
-    if np.var(a) == 0 and np.var(b) == 0:
-        return diff, diff, diff
-    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
-    return diff, float(ci.low), float(ci.high)
-
-
-def paired_interval(a: pd.Series, b: pd.Series, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of a - b over the seeds both have (Series indexed by seed), with its t interval
-    (nan bounds with fewer than 2 common seeds)."""
-    common = a.index.intersection(b.index)
-    diffs = (a[common] - b[common]).to_numpy(dtype=float)
-    if len(diffs) == 0:
-        return float("nan"), float("nan"), float("nan")
-    diff = float(diffs.mean())
-    if len(diffs) < 2:
-        return diff, float("nan"), float("nan")
-    if np.var(diffs) == 0:
-        return diff, diff, diff
-    ci = stats.ttest_1samp(diffs, 0.0).confidence_interval(level)
-    return diff, float(ci.low), float(ci.high)
 
 
 def strategy_stats(frame: pd.DataFrame) -> pd.DataFrame:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -200,9 +199,7 @@ def events_frame(run_dirs: list[Path]) -> pd.DataFrame:
 
     rows = []
     for run_dir in map(Path, run_dirs):
-        strategy = runs_frame([run_dir])["strategy"].iloc[0]
-        label = re.sub(r"-s\d+$", "", run_dir.name)  # a comparison's label keeps a sweep's own settings
-        strategy = label if label.startswith(f"{strategy}@") else strategy
+        strategy = runs_frame([run_dir])["strategy"].iloc[0]  # a comparison's label, with a sweep's own settings
         metrics = read_metrics(run_dir)
         events = [e for e in read_events(run_dir) if e.get("event") is not None]
         for number in sorted({e["event"] for e in events}):

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from scipy import stats
 
+from apoptosis.analysis.intervals import half_width
 from apoptosis.core.config import split_variant
 
 
@@ -48,9 +48,9 @@ def plot_sweeps(frame: pd.DataFrame, path: Path, baseline: str = "none") -> bool
                      marker="o", ax=ax, label=sweep.split(": ")[0])  # fmt: skip
         if len(base_loss):
             ax.axhline(base_loss.mean(), color="black", linewidth=1, label=baseline)
-            if len(base_loss) > 1:
-                low, high = stats.t.interval(0.95, len(base_loss) - 1, loc=base_loss.mean(), scale=stats.sem(base_loss))
-                ax.axhspan(low, high, color="grey", alpha=0.2)
+            spread = half_width(base_loss)
+            if spread == spread:  # nan with one seed: no band
+                ax.axhspan(base_loss.mean() - spread, base_loss.mean() + spread, color="grey", alpha=0.2)
         ax.set_xlabel(sweep.split(": ")[1])
         ax.legend()
     fig.suptitle(f"final validation loss (mean, 95% interval over seeds); {baseline}: line and band")

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from rich import box
 from rich.table import Table
-from scipy import stats
+
+from apoptosis.analysis.intervals import half_width
 
 BASELINE = "none"
 MEASURES = {  # column -> format in the tables
@@ -25,17 +26,6 @@ MEASURES = {  # column -> format in the tables
     "effective_rank": ".1f",
     "weight_norm": ".1f",
 }
-
-
-def half_width(values: pd.Series, level: float = 0.95) -> float:
-    """Half the width of the t interval of the mean (nan below 2 values, 0 without spread)."""
-    values = values.dropna()
-    if len(values) < 2:
-        return float("nan")
-    if values.std() == 0:
-        return 0.0
-    low, _ = stats.t.interval(level, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
-    return float(values.mean() - low)
 
 
 def last_task_stats(frame: pd.DataFrame, last: int) -> pd.DataFrame:

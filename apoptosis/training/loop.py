@@ -56,15 +56,18 @@ class Trainer:
         corpora: dict[str, CharDataset] | None = None,
         on_phase_start: Callable[[int], None] | None = None,
         on_phase_end: Callable[[int], None] | None = None,
+        label: str | None = None,
     ) -> None:
         """``on_evaluate(step, val_loss)`` is called after every evaluation (a search reports
         intermediate values through it; an exception it raises stops the run). ``corpora``: the
         phases' generated datasets (the same again on resume). ``on_phase_start(i)`` sees the model
         phase ``i`` starts from (after the strategies' phase-end hooks; again on a resume there),
-        ``on_phase_end(i)`` the model as phase ``i`` trained it (the last too), before those hooks."""
+        ``on_phase_end(i)`` the model as phase ``i`` trained it (the last too), before those hooks.
+        ``label``: the name the run's results go by in summary.json (a comparison's label, such as
+        ``standard@prune_rate=0.05``); by default the strategy's."""
         self.run_dir = Path(run_dir)
         self.folder = RunFolder(self.run_dir)
-        self.on_evaluate = on_evaluate
+        self.on_evaluate, self.label = on_evaluate, label
         self.supplied_corpora, self.on_phase_start, self.on_phase_end = corpora, on_phase_start, on_phase_end
         self.console = console or Console(log_path=False)
         self.show_progress = show_progress
@@ -373,6 +376,8 @@ class Trainer:
                               self.evaluator, self.corpora, self.phases.phase_corpora, self.current_corpus)  # fmt: skip
         if summary["events"] == 0 and self.no_events_reason:
             summary["no_events_reason"] = self.no_events_reason
+        if self.label is not None:
+            summary["strategy"] = self.label
         return summary
 
     def finish(self) -> dict[str, Any]:
