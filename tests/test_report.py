@@ -78,7 +78,7 @@ def test_events_of_a_sweep_keep_each_labels_own_settings_apart(tmp_path) -> None
     for label, spike in (("standard@prune_rate=0.05", 0.01), ("standard@prune_rate=0.2", 0.05)):
         run = tmp_path / "sweep" / f"{label}-s1"
         run.mkdir(parents=True)
-        (run / "summary.json").write_text(json.dumps({"strategy": "standard"}))
+        (run / "summary.json").write_text(json.dumps({"strategy": label}))  # as a comparison's trainer writes it
         (run / "metrics.csv").write_text("step,train_loss\n10,2.0\n20,1.9\n30,2.1\n40,1.8\n")
         line = {"event": 1, "step": 20, "kind": "standard", "layer": 0, "probe_loss_before": 2.0,
                 "probe_loss_after": 2.0 + spike}  # fmt: skip
