@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 from apoptosis.core.lineage import Lineage
 
@@ -29,6 +31,7 @@ def test_founders_births_deaths_and_generations(tmp_path) -> None:
     assert frame.loc[frame.id == 2, "death_cause"].item() == "low_fitness"
     path = tmp_path / "lineage.csv"
     lin.write_csv(path)
+    assert path.read_text() == frame.to_csv(index=False)  # written without pandas, as pandas writes it
     back = Lineage.from_frame(pd.read_csv(path))
     assert back.ids(0) == lin.ids(0) and back.ids(1) == lin.ids(1)
     assert back.record(grandchild).parents == (child, 1)
@@ -43,6 +46,7 @@ def test_age_diversity_is_zero_for_one_age_and_grows_with_spread() -> None:
         lin.birth(0, slot, step=50, parents=(), parent_fitness=None)
     half = lin.age_diversity(100)
     assert math.isclose(half, math.log(2) / math.log(10))
+    assert math.isclose(half, stats.entropy(np.histogram(lin.ages(100), bins=10, range=(0, 100))[0], base=10))
     even = Lineage.founders([10])
     for slot in range(10):
         even.death(even.ids(0)[slot], step=slot * 10 + 5, cause="x", fitness=0.0)

@@ -6,16 +6,18 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
 from apoptosis.core.errors import ApoptosisError
 from apoptosis.core.io import read_torch_file
 from apoptosis.core.lineage import Lineage
+
+if TYPE_CHECKING:  # pandas is imported where a frame is read: `apoptosis train` prints without it
+    import pandas as pd
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -26,6 +28,8 @@ def load_lineage(run_dir: str | Path) -> tuple[Lineage, int]:
     run_dir = Path(run_dir)
     summary, csv_path = run_dir / "summary.json", run_dir / "lineage.csv"
     if summary.exists() and csv_path.exists():
+        import pandas as pd
+
         step = int(json.loads(summary.read_text(encoding="utf-8"))["steps"])
         return Lineage.from_frame(pd.read_csv(csv_path)), step
     ckpt_path = run_dir / "checkpoints" / "last.pt"
@@ -102,8 +106,11 @@ def lineages_table(lineage: Lineage, top: int = 5) -> Table:
     return table
 
 
-def print_ages(run_dir: str | Path, console: Console) -> None:
-    lineage, step = load_lineage(run_dir)
+def print_ages(run_dir: str | Path, console: Console, lineage: Lineage | None = None, step: int = 0) -> None:
+    """The ages and lineages tables of a run: of ``lineage`` at ``step`` when given (the trainer's
+    own, in memory), else read from the run folder."""
+    if lineage is None:
+        lineage, step = load_lineage(run_dir)
     console.print(ages_table(lineage, step))
     console.print(lineages_table(lineage))
 
@@ -140,6 +147,8 @@ def _num(value: float | None, fmt: str) -> str:
 
 def runs_frame(run_dirs: list[Path]) -> pd.DataFrame:
     """One row per finished run (its summary.json), with the run folder's name."""
+    import pandas as pd
+
     rows = []
     for run_dir in run_dirs:
         path = Path(run_dir) / "summary.json"
@@ -167,8 +176,8 @@ def strategies_table(frame: pd.DataFrame) -> Table:
     for strategy, group in frame.groupby("strategy", sort=True):
         cells = []
         for column, _, fmt in measures:
-            values = group[column].dropna().astype(float) if column in group else pd.Series(dtype=float)
-            if values.empty:
+            values = group[column].dropna().astype(float) if column in group else None
+            if values is None or values.empty:
                 cells.append("-")
             else:
                 std = values.std(ddof=1) if len(values) > 1 else float("nan")
@@ -195,6 +204,8 @@ def events_frame(run_dirs: list[Path]) -> pd.DataFrame:
     follower's seconds, and the steps until the training loss is back at its level before the
     event (``recovery_steps``). ``group`` is the run's parent folder and strategy, so runs of
     several comparisons stay apart."""
+    import pandas as pd
+
     from apoptosis.training import read_events, read_metrics
 
     rows = []

@@ -57,7 +57,7 @@ def train(
     summary = trainer.fit()
     if not quiet:
         console.print(summary_table(summary, f"Run {name}"))
-        print_ages(run_dir, console)
+        print_ages(run_dir, console, trainer.lineage, trainer.step)
         console.print(f"Run folder: {run_dir}  (sample text: apoptosis sample {run_dir})")
 
 

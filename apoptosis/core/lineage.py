@@ -6,6 +6,8 @@ share and family sizes are all derived from these records.
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +18,11 @@ from apoptosis.core.io import atomic_write_text
 
 if TYPE_CHECKING:  # pandas and scipy are imported where used, never on the training path
     import pandas as pd
+
+CSV_COLUMNS = [
+    "id", "layer", "slot", "birth_step", "parent_1", "parent_2", "generation",
+    "parent_fitness", "death_step", "death_cause", "death_fitness",
+]  # fmt: skip
 
 
 @dataclass
@@ -108,10 +115,9 @@ class Lineage:
         ages = self.ages(step, layer)
         if len(ages) == 0 or step <= 0:
             return 0.0
-        from scipy import stats
-
         counts, _ = np.histogram(ages, bins=bins, range=(0, step))
-        return max(0.0, float(stats.entropy(counts, base=bins)))  # max: no -0.0
+        p = counts[counts > 0] / counts.sum()  # scipy.stats.entropy's value; scipy is too big to load
+        return max(0.0, float(-(p * np.log(p)).sum() / np.log(bins)))  # for this at the end of a run
 
     def founders_share(self, layer: int | None = None) -> float:
         """Share of the living neurons that were there at step 0."""
@@ -139,27 +145,33 @@ class Lineage:
 
     # --- export and persistence ---------------------------------------------------------------
 
-    def to_frame(self) -> pd.DataFrame:
-        import pandas as pd
-
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per neuron ever born, in the columns of ``lineage.csv`` (None where empty)."""
         rows = []
         for r in self.records:
             row = asdict(r)
             parents = row.pop("parents")
-            row["parent_1"] = parents[0] if len(parents) > 0 else pd.NA
-            row["parent_2"] = parents[1] if len(parents) > 1 else pd.NA
-            rows.append(row)
-        columns = [
-            "id", "layer", "slot", "birth_step", "parent_1", "parent_2", "generation",
-            "parent_fitness", "death_step", "death_cause", "death_fitness",
-        ]  # fmt: skip
-        frame = pd.DataFrame(rows, columns=columns)
+            row["parent_1"] = parents[0] if len(parents) > 0 else None
+            row["parent_2"] = parents[1] if len(parents) > 1 else None
+            rows.append({column: row[column] for column in CSV_COLUMNS})
+        return rows
+
+    def to_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        frame = pd.DataFrame(self.rows(), columns=CSV_COLUMNS)
         for col in ("parent_1", "parent_2", "death_step"):
             frame[col] = frame[col].astype("Int64")
         return frame
 
     def write_csv(self, path: str | Path) -> None:
-        atomic_write_text(path, self.to_frame().to_csv(index=False))
+        """``lineage.csv``, as ``to_frame().to_csv`` would write it, without pandas: the process
+        that trained writes it at its end and should not load pandas for it (memory)."""
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows([list(row.values()) for row in self.rows()])  # None: an empty field
+        atomic_write_text(path, text.getvalue())
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -35,6 +35,7 @@ from apoptosis.training.checkpoint import read_checkpoint, restore_checkpoint, s
 from apoptosis.training.evaluation import Evaluator
 from apoptosis.training.events import EventRunner
 from apoptosis.training.phases import PhaseSchedule, load_corpora
+from apoptosis.training.plot_child import draw_run_plots
 from apoptosis.training.progress import PROGRESS_COLUMNS, progress_fields
 from apoptosis.training.run_checks import not_learning, warn, why_no_events
 from apoptosis.training.run_folder import METRIC_COLUMNS, RunFolder
@@ -382,10 +383,8 @@ class Trainer:
 
     def finish(self) -> dict[str, Any]:
         """Write summary.json, lineage.csv and the plots."""
-        from apoptosis.training.run_plots import plot_run  # seaborn is slow to import; only needed here
-
         summary = self.summary()
         atomic_write_json(self.run_dir / "summary.json", summary)
         self.lineage.write_csv(self.run_dir / "lineage.csv")
-        plot_run(self.run_dir)
+        draw_run_plots(self.run_dir)
         return summary

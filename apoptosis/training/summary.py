@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import platform
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,6 @@ from apoptosis.core.data import CharDataset
 from apoptosis.core.lineage import Lineage
 from apoptosis.core.model import GPT
 from apoptosis.training.evaluation import Evaluator
-from apoptosis.training.run_folder import read_metrics
 from apoptosis.training.totals import RunTotals
 
 
@@ -31,8 +31,7 @@ def run_summary(
 ) -> dict[str, Any]:
     """The run's figures at ``step``; ``corpus`` is the one being trained (the last phase's)."""
     train_loss, val_loss = evaluator.train_val(corpus)
-    metrics = read_metrics(run_dir)
-    tail = metrics[metrics["step"] > 0.8 * config.trainer.steps]
+    tail_steps, tail_losses = logged_losses(run_dir, after=0.8 * config.trainer.steps)
     disruptions, surgery = totals.disruptions, totals.surgery_disruptions
     summary = {
         "strategy": config.strategy_label,
@@ -40,7 +39,7 @@ def run_summary(
         "final_train_loss": train_loss,
         "final_val_loss": val_loss,
         "unigram_val_loss": corpora[corpus].unigram_loss(),
-        "train_loss_detrended_variance": detrended_variance(tail["step"], tail["train_loss"]),
+        "train_loss_detrended_variance": detrended_variance(tail_steps, tail_losses),
         "tokens_per_s": totals.tokens_per_s,
         "events": totals.events,
         "neurons_replaced": totals.neurons_replaced,
@@ -63,6 +62,14 @@ def run_summary(
             **{f"final_val_{name}": loss for name, loss in evaluator.val_losses().items()},
         }
     return summary
+
+
+def logged_losses(run_dir: Path, after: float) -> tuple[list[int], list[float]]:
+    """Steps and training losses of the metrics rows after step ``after``, read without pandas
+    (the process that trained writes its summary and should not load pandas for it: memory)."""
+    with open(Path(run_dir) / "metrics.csv", encoding="utf-8", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if int(row["step"]) > after and row["train_loss"]]
+    return [int(row["step"]) for row in rows], [float(row["train_loss"]) for row in rows]
 
 
 def detrended_variance(steps, losses) -> float | None:
