@@ -64,7 +64,9 @@ def test_sampled_tokens_follow_the_softmax_of_the_logits() -> None:
     from scipy.stats import chisquare
 
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0]]).repeat(20_000, 1)
-    tokens = GPT._sample(logits, 1.0, None, torch.Generator().manual_seed(0)).squeeze(1)
+    tokens, finite = GPT._sample(logits, 1.0, None, torch.Generator().manual_seed(0))
+    tokens = tokens.squeeze(1)
+    assert bool(finite)
     counts = torch.bincount(tokens, minlength=5).double()
     probs = torch.softmax(logits[0].double(), dim=0)[:4]
     assert counts[4] == 0  # a token of probability ~1e-14 is never drawn
@@ -73,7 +75,7 @@ def test_sampled_tokens_follow_the_softmax_of_the_logits() -> None:
 
 def test_top_k_leaves_only_the_k_most_likely_tokens() -> None:
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]]).repeat(2_000, 1)
-    tokens = GPT._sample(logits, 1.0, 2, torch.Generator().manual_seed(1))
+    tokens, _ = GPT._sample(logits, 1.0, 2, torch.Generator().manual_seed(1))
     assert set(tokens.flatten().tolist()) == {1, 3}
 
 
@@ -105,6 +107,8 @@ def test_a_model_with_non_finite_weights_refuses_to_sample() -> None:
     model = GPT(ModelConfig(vocab_size=5, n_layer=1, n_head=2, d_model=8, d_ff=16, block_size=8))
     with torch.no_grad():
         model.blocks[0].mlp.fc.weight[3, 0] = float("nan")
+    _, finite = GPT._sample(torch.tensor([[0.0, 1e38, 1.0]]), 1e-6, None, torch.Generator())  # overflows once scaled
+    assert not bool(finite)
     for use_cache in (True, False):
         with pytest.raises(ApoptosisError, match="not finite"):
             model.generate(

@@ -16,7 +16,7 @@ def test_founders_births_deaths_and_generations(tmp_path) -> None:
     assert [r.id for r in lin.records] == [1, 2, 3, 4, 5] and lin.ids(1) == [4, 5]
     lin.death(2, step=10, cause="low_fitness", fitness=0.01)
     child = lin.birth(0, 1, step=10, parents=(1,), parent_fitness=0.5)
-    lin.death(3, step=20, cause="low_fitness", fitness=0.02)
+    lin.death(3, step=20, cause="low_fitness", fitness=float("nan"))  # a NaN score: an empty field
     grandchild = lin.birth(0, 2, step=20, parents=(child, 1), parent_fitness=0.4)
     assert lin.ids(0) == [1, child, grandchild]
     assert lin.record(child).generation == 1 and lin.record(grandchild).generation == 2

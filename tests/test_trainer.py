@@ -181,3 +181,18 @@ def test_resume_after_a_real_kill_matches_an_uninterrupted_run(tmp_path: Path) -
 def test_resume_needs_a_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(ApoptosisError, match="nothing to resume"):
         Trainer(tiny_run_config(tmp_path), tmp_path / "nothing", resume=True, show_progress=False)
+
+
+def test_a_labelled_run_keeps_its_label_through_a_resume(tmp_path: Path) -> None:
+    """A comparison's label (``standard@prune_rate=0.05``) names the run in summary.json, also
+    when the run is resumed by hand without it."""
+    config = tiny_run_config(tmp_path)
+    config.trainer.plots = False
+    label = f"{config.strategy.name}@interval=5"
+    Trainer(config, tmp_path / "run", show_progress=False, label=label).fit()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["strategy"] == label
+    (tmp_path / "run" / "summary.json").unlink()
+    Trainer(config, tmp_path / "run", resume=True, show_progress=False).fit()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["strategy"] == label
+    Trainer(config, tmp_path / "plain", show_progress=False).fit()
+    assert json.loads((tmp_path / "plain" / "summary.json").read_text())["strategy"] == config.strategy.name

@@ -3,6 +3,7 @@ the final validation loss against that setting, beside the baseline's."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -49,7 +50,7 @@ def plot_sweeps(frame: pd.DataFrame, path: Path, baseline: str = "none") -> bool
         if len(base_loss):
             ax.axhline(base_loss.mean(), color="black", linewidth=1, label=baseline)
             spread = half_width(base_loss)
-            if spread == spread:  # nan with one seed: no band
+            if not math.isnan(spread):  # one seed: no band
                 ax.axhspan(base_loss.mean() - spread, base_loss.mean() + spread, color="grey", alpha=0.2)
         ax.set_xlabel(sweep.split(": ")[1])
         ax.legend()

@@ -90,6 +90,7 @@ class TrainerConfig:
     tf32: bool = False  # CUDA only: TensorFloat-32 matmuls and convolutions
     autocast: str = "none"  # "bf16": the training forward in bfloat16 autocast (weights and optimizer stay float32)
     event_probes: str = "layers"  # probe loss around every layer of an event, the whole "event", or "off"
+    plots: bool = True  # loss.png, ages.png, lineage.png at the end (matplotlib + seaborn: ~100 MB more memory)
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "eval_interval", "eval_batches", "log_interval", "checkpoint_interval"):

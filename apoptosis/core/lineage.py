@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,14 +147,15 @@ class Lineage:
     # --- export and persistence ---------------------------------------------------------------
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per neuron ever born, in the columns of ``lineage.csv`` (None where empty)."""
+        """One dict per neuron ever born, in the columns of ``lineage.csv`` (None where empty, a
+        NaN fitness included, as pandas writes it)."""
         rows = []
         for r in self.records:
             row = asdict(r)
             parents = row.pop("parents")
             row["parent_1"] = parents[0] if len(parents) > 0 else None
             row["parent_2"] = parents[1] if len(parents) > 1 else None
-            rows.append({column: row[column] for column in CSV_COLUMNS})
+            rows.append({c: None if isinstance(row[c], float) and math.isnan(row[c]) else row[c] for c in CSV_COLUMNS})
         return rows
 
     def to_frame(self) -> pd.DataFrame:

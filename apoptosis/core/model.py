@@ -207,7 +207,8 @@ class GPT(nn.Module):
         positions 0.. (a context shift); the context a token sees is then between half and the
         whole block. Without the cache every token re-reads the last ``block_size`` tokens (a
         sliding window, ``block_size`` positions per token). Sampling draws from ``generator``
-        on its own device (the CPU by default), so a seed gives the same text on any device.
+        on its own device (a CPU generator gives the same text on any device); without one, on
+        the logits' device from torch's global generator.
         Runs in inference mode (less per-operation overhead); the result is an ordinary tensor,
         usable as training input."""
         return self._generate(idx, max_new_tokens, temperature, top_k, generator, use_cache).clone()
@@ -227,7 +228,7 @@ class GPT(nn.Module):
         out = torch.empty(B, T0 + max_new_tokens, dtype=idx.dtype, device=idx.device)  # (B, T0 + new)
         out[:, :T0] = idx
         caches: list[KVCache] = []
-        finite = torch.ones((), dtype=torch.bool, device=idx.device)  # read once at the end: no sync per token
+        finite = torch.ones((), dtype=torch.bool, device=idx.device)  # read once at the end, not per token
         for n in range(T0, T0 + max_new_tokens):
             if not use_cache:
                 logits = self.last_logits(out[:, max(0, n - block) : n], [None] * len(self.blocks), 0)
@@ -237,17 +238,19 @@ class GPT(nn.Module):
                 context = out[:, max(0, n - (block if not caches else block // 2)) : n]
                 caches = self.empty_caches()
                 logits = self.last_logits(context, caches, 0)
-            finite &= torch.isfinite(logits).all()
-            out[:, n : n + 1] = self._sample(logits, temperature, top_k, generator).to(out.device)
+            tokens, drawn_from_finite = self._sample(logits, temperature, top_k, generator)
+            out[:, n : n + 1] = tokens.to(out.device)
+            finite &= drawn_from_finite.to(finite.device)
         if not bool(finite):
-            raise ApoptosisError("the model's next-token logits are not finite (NaN weights?): cannot sample")
+            raise ApoptosisError("the model's next-token probabilities are not finite (NaN weights?): cannot sample")
         return out
 
     @staticmethod
     def _sample(
         logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
-    ) -> torch.Tensor:
-        """(B, 1) token ids drawn from ``logits`` (B, vocab) on the generator's device.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1) token ids drawn from ``logits`` (B, vocab) on the generator's device, and
+        whether every probability they were drawn from was finite (a 0-d bool tensor).
 
         The exponential race: argmax of p_i / E_i with E_i ~ Exp(1) picks i with probability p_i,
         as ``torch.multinomial`` does, without the input checks that cost more than the draw."""
@@ -258,7 +261,7 @@ class GPT(nn.Module):
         device = generator.device if generator is not None else logits.device
         probs = F.softmax(logits, dim=-1).to(device)
         race = torch.empty_like(probs).exponential_(1.0, generator=generator).clamp_min_(torch.finfo(probs.dtype).tiny)
-        return (probs / race).argmax(dim=-1, keepdim=True)
+        return (probs / race).argmax(dim=-1, keepdim=True), torch.isfinite(probs).all()
 
 
 @torch.no_grad()

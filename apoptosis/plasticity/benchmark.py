@@ -209,7 +209,7 @@ class CellRun:
         resume = (self.cell.run_dir / CHECKPOINT).exists()
         self.trainer = Trainer(
             self.cell.config, self.cell.run_dir, resume=resume, show_progress=False,
-            corpora=corpora, on_phase_start=self.task_starts, on_phase_end=self.task_ends,
+            corpora=corpora, on_phase_start=self.task_starts, on_phase_end=self.task_ends, label=self.cell.strategy,
         )  # fmt: skip
         self._keep_rows(self.trainer.step // self.settings.steps_per_task)
         self.trainer.fit()

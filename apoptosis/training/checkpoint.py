@@ -25,6 +25,7 @@ class CheckpointedRun(Protocol):
     """The parts of a run a checkpoint holds (``Trainer`` has them)."""
 
     config: RunConfig
+    label: str | None  # a comparison's name for the run (summary.json's strategy)
     vocab: CharVocab
     step: int
     model: GPT
@@ -59,6 +60,7 @@ def save_checkpoint(run: CheckpointedRun, path: Path) -> None:
         "config": config.to_dict(),
         "vocab": run.vocab.chars,
         "step": run.step,
+        "label": run.label,
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "strategy": run.strategy.state_dict(),
@@ -90,6 +92,7 @@ def restore_checkpoint(run: CheckpointedRun, ckpt: dict[str, Any]) -> None:
     run.lineage.load_state_dict(ckpt["lineage"])
     run.totals = RunTotals.from_state(ckpt["totals"])
     run.step = ckpt["step"]
+    run.label = run.label or ckpt.get("label")  # `train --resume` of a compared run keeps its label
     torch.set_rng_state(ckpt["rng"]["torch"])
     if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])

@@ -35,7 +35,6 @@ from apoptosis.training.checkpoint import read_checkpoint, restore_checkpoint, s
 from apoptosis.training.evaluation import Evaluator
 from apoptosis.training.events import EventRunner
 from apoptosis.training.phases import PhaseSchedule, load_corpora
-from apoptosis.training.plot_child import draw_run_plots
 from apoptosis.training.progress import PROGRESS_COLUMNS, progress_fields
 from apoptosis.training.run_checks import not_learning, warn, why_no_events
 from apoptosis.training.run_folder import METRIC_COLUMNS, RunFolder
@@ -382,9 +381,12 @@ class Trainer:
         return summary
 
     def finish(self) -> dict[str, Any]:
-        """Write summary.json, lineage.csv and the plots."""
+        """Write summary.json, lineage.csv and (``trainer.plots``) the figures."""
         summary = self.summary()
         atomic_write_json(self.run_dir / "summary.json", summary)
         self.lineage.write_csv(self.run_dir / "lineage.csv")
-        draw_run_plots(self.run_dir)
+        if self.config.trainer.plots:
+            from apoptosis.training.run_plots import plot_run  # seaborn is slow to import; only needed here
+
+            plot_run(self.run_dir)
         return summary

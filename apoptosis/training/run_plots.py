@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -67,7 +66,3 @@ def plot_run(run_dir: str | Path) -> None:
     save_figure(plot_ages(lineage, step, f"{name}: neuron ages at step {step}"), run_dir / "ages.png")
     lineage_title = f"{name}: neuron lineages to step {step}"
     save_figure(plot_lineage(lineage, step, surgery, lineage_title, phases), run_dir / "lineage.png")
-
-
-if __name__ == "__main__":  # how the trainer draws a run's figures in a child process
-    plot_run(sys.argv[1])

@@ -2,16 +2,18 @@
 # Peak resident memory of nanoGPT's train.py and of `apoptosis train`, same corpus (our default),
 # same model (4 layers, width 128, block 64, batch 12), 200 steps each, measured by /usr/bin/time -v.
 # Usage, from the repository root: bash docs/results/speed/rss_side_by_side.sh PATH/TO/nanoGPT
-# (a checkout of the public nanoGPT repository; PYTHON defaults to .venv/bin/python).
+# (a checkout of the public nanoGPT repository; PYTHON defaults to .venv/bin/python, a virtual
+# environment with this package installed). Needs GNU time (/usr/bin/time -v, Linux).
 set -euo pipefail
 nano=$(cd "$1" && pwd)
 python=$(cd "$(dirname "${PYTHON:-.venv/bin/python}")" && pwd)/$(basename "${PYTHON:-.venv/bin/python}")
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+data="$nano/data/apoptosis_char"
+trap 'rm -rf "$work" "$data"' EXIT
 
 # our default corpus in nanoGPT's character format: train.bin / val.bin (uint16 ids) and meta.pkl
-mkdir -p "$nano/data/apoptosis_char"
-"$python" - "$nano/data/apoptosis_char" <<'PY'
+mkdir -p "$data"
+"$python" - "$data" <<'PY'
 import pickle, sys
 from pathlib import Path
 import numpy as np
@@ -32,12 +34,12 @@ PY
     >/dev/null 2>"$work/nano.time")
 /usr/bin/time -v "$(dirname "$python")/apoptosis" train --steps 200 --runs-dir "$work" --name ours \
     >/dev/null 2>"$work/ours.time"
-/usr/bin/time -v "$(dirname "$python")/apoptosis" train --steps 200 --runs-dir "$work" --name quiet --quiet \
-    >/dev/null 2>"$work/quiet.time"
+/usr/bin/time -v "$(dirname "$python")/apoptosis" train --steps 200 --runs-dir "$work" --name noplots \
+    --set trainer.plots=false >/dev/null 2>"$work/noplots.time"
 
 peak() { awk '/Maximum resident/ {print int($NF / 1024)}' "$1"; }
 nano_mb=$(peak "$work/nano.time")
-for run in nano ours quiet; do
+for run in nano ours noplots; do
     mb=$(peak "$work/$run.time")
-    awk -v run="$run" -v mb="$mb" -v base="$nano_mb" 'BEGIN {printf "%-6s peak RSS %5d MB  (%.2fx nanoGPT)\n", run, mb, mb / base}'
+    awk -v run="$run" -v mb="$mb" -v base="$nano_mb" 'BEGIN {printf "%-7s peak RSS %5d MB  (%.2fx nanoGPT)\n", run, mb, mb / base}'
 done
