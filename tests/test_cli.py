@@ -101,8 +101,12 @@ def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
     """``apoptosis ARGS`` in this process: (exit code, stdout, stderr)."""
     from apoptosis.cli.main import main
 
+    from apoptosis.training.run_plots import main as draw_figures
+
     capsys.readouterr()
     monkeypatch.setattr(sys, "argv", ["apoptosis", *args])
+    # a finished train replaces its process by the figure drawing one: here, draw in this process
+    monkeypatch.setattr("apoptosis.cli.main.draw_figures_in_place", lambda dirs: draw_figures([str(d) for d in dirs]))
     try:
         main()
         code = 0

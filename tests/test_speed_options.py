@@ -5,6 +5,8 @@ losses; options that cannot apply are one-line errors."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -133,3 +135,35 @@ print(sorted(m for m in ("matplotlib", "seaborn", "pandas", "scipy") if m in sys
     assert done.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "run" / "summary.json").is_file() and (tmp_path / "run" / "lineage.csv").is_file()
     assert not list((tmp_path / "run").glob("*.png"))
+
+
+def test_the_train_command_draws_its_figures_after_training_in_a_new_process(tmp_path, monkeypatch, capsys) -> None:
+    """Memory: ``apoptosis train`` trains with no figure library loaded and then replaces its
+    process by one that draws the figures, so the two never share memory. The replacement is
+    recorded here instead of made; the drawing command it would run writes the figures, and a
+    folder it cannot draw is one line on stderr and exit code 1."""
+    import sys
+
+    from apoptosis.cli.main import main
+    from apoptosis.training import run_plots
+    from tests.test_cli import TINY, write_corpus
+
+    write_corpus(tmp_path / "tiny.txt")
+    monkeypatch.chdir(tmp_path)
+    replaced: list = []
+    monkeypatch.setattr("apoptosis.cli.main.draw_figures_in_place", replaced.append)
+    monkeypatch.setattr(sys, "argv", ["apoptosis", "train", "--data", "tiny.txt", *TINY, "--name", "f", "--quiet"])
+    try:
+        main()
+    except SystemExit as exited:  # how some versions of typer end a command that succeeded
+        assert exited.code in (0, None)
+    run = tmp_path / "runs" / "f"
+    assert replaced == [[Path("runs", "f")]]
+    assert (run / "summary.json").is_file() and not list(run.glob("*.png"))  # not drawn by the training process
+
+    assert run_plots.main([str(run)]) == 0
+    assert {p.name for p in run.glob("*.png")} == {"loss.png", "ages.png", "lineage.png"}
+    capsys.readouterr()
+    assert run_plots.main([str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "figures failed" in err

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +22,20 @@ app = typer.Typer(
     help="Neuron-level evolution inside a char-level transformer.",
 )
 console = Console(log_path=False)
+
+
+@dataclass
+class DeferredFigures:
+    """Run folders whose figures the ``apoptosis`` entry point draws once the command is done, in a
+    fresh process that replaces this one: the figure libraries (~130 MB) then never share memory
+    with the trained model. Only the entry point turns this on; a command invoked otherwise (a
+    test's runner) draws its figures in-process."""
+
+    enabled: bool = False
+    run_dirs: list[Path] = field(default_factory=list)
+
+
+deferred_figures = DeferredFigures()
 
 SetOption = Annotated[
     list[str] | None,

@@ -3,11 +3,13 @@ one app) and turns user errors into one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
+from pathlib import Path
 
 from apoptosis.cli import compare, compress, lazarus, measure, plasticity, runs, search, train  # noqa: F401  (they register commands)
-from apoptosis.cli.app import app
+from apoptosis.cli.app import app, deferred_figures
 from apoptosis.core.errors import ApoptosisError
 
 
@@ -18,11 +20,28 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def main() -> None:
     warnings.showwarning = _one_line_warning
+    deferred_figures.enabled, deferred_figures.run_dirs = True, []
     try:
         app()
+    except SystemExit as done:  # how a finished command returns
+        if done.code not in (0, None) or not deferred_figures.run_dirs:
+            raise
     except ApoptosisError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        deferred_figures.enabled = False
+    if deferred_figures.run_dirs:
+        draw_figures_in_place(deferred_figures.run_dirs)
+
+
+def draw_figures_in_place(run_dirs: list[Path]) -> None:
+    """Replace this process by one that draws the runs' figures: the peak memory of
+    ``apoptosis train`` is then that of training, not training plus the figure libraries."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    command = [sys.executable, "-m", "apoptosis.training.run_plots", *map(str, run_dirs)]
+    os.execv(sys.executable, command)

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from apoptosis.cli.app import CompileOption, SetOption, app, build_config, console, default_name, with_compile
+from apoptosis.cli.app import (
+    CompileOption,
+    SetOption,
+    app,
+    build_config,
+    console,
+    default_name,
+    deferred_figures,
+    with_compile,
+)
 from apoptosis.core.config import RunConfig
 from apoptosis.core.errors import ApoptosisError
 
@@ -53,8 +62,11 @@ def train(
         run_config = build_config(config, strategy, then, steps, seed, data, device, set_)
         name = name or default_name(run_config.strategy_label)
     run_dir = runs_dir / name
-    trainer = Trainer(run_config, run_dir, resume=resume, console=console, show_progress=not quiet)
+    later = deferred_figures.enabled
+    trainer = Trainer(run_config, run_dir, resume=resume, console=console, show_progress=not quiet, draw_figures=not later)
     summary = trainer.fit()
+    if later and trainer.config.trainer.plots:
+        deferred_figures.run_dirs.append(run_dir)
     if not quiet:
         console.print(summary_table(summary, f"Run {name}"))
         print_ages(run_dir, console, trainer.lineage, trainer.step)

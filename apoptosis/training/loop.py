@@ -57,6 +57,7 @@ class Trainer:
         on_phase_start: Callable[[int], None] | None = None,
         on_phase_end: Callable[[int], None] | None = None,
         label: str | None = None,
+        draw_figures: bool = True,
     ) -> None:
         """``on_evaluate(step, val_loss)`` is called after every evaluation (a search reports
         intermediate values through it; an exception it raises stops the run). ``corpora``: the
@@ -64,8 +65,10 @@ class Trainer:
         phase ``i`` starts from (after the strategies' phase-end hooks; again on a resume there),
         ``on_phase_end(i)`` the model as phase ``i`` trained it (the last too), before those hooks.
         ``label``: the name the run's results go by in summary.json (a comparison's label, such as
-        ``standard@prune_rate=0.05``); by default the strategy's."""
+        ``standard@prune_rate=0.05``); by default the strategy's. ``draw_figures=False``: the caller
+        draws them (``apoptosis train`` does, in a fresh process, to keep its peak memory low)."""
         self.run_dir = Path(run_dir)
+        self.draw_figures = draw_figures
         self.folder = RunFolder(self.run_dir)
         self.on_evaluate, self.label = on_evaluate, label
         self.supplied_corpora, self.on_phase_start, self.on_phase_end = corpora, on_phase_start, on_phase_end
@@ -381,11 +384,11 @@ class Trainer:
         return summary
 
     def finish(self) -> dict[str, Any]:
-        """Write summary.json, lineage.csv and (``trainer.plots``) the figures."""
+        """Write summary.json, lineage.csv and (``trainer.plots``, unless the caller draws them) the figures."""
         summary = self.summary()
         atomic_write_json(self.run_dir / "summary.json", summary)
         self.lineage.write_csv(self.run_dir / "lineage.csv")
-        if self.config.trainer.plots:
+        if self.config.trainer.plots and self.draw_figures:
             from apoptosis.training.run_plots import plot_run  # seaborn is slow to import; only needed here
 
             plot_run(self.run_dir)

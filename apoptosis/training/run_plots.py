@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -66,3 +67,18 @@ def plot_run(run_dir: str | Path) -> None:
     save_figure(plot_ages(lineage, step, f"{name}: neuron ages at step {step}"), run_dir / "ages.png")
     lineage_title = f"{name}: neuron lineages to step {step}"
     save_figure(plot_lineage(lineage, step, surgery, lineage_title, phases), run_dir / "lineage.png")
+
+
+def main(run_dirs: list[str]) -> int:
+    """``python -m apoptosis.training.run_plots RUN_DIR...``: what ``apoptosis train`` runs last."""
+    for run_dir in run_dirs:
+        try:
+            plot_run(run_dir)
+        except Exception as e:  # noqa: BLE001  (the run itself is complete: say so, in one line)
+            print(f"error: {run_dir} is complete, but its figures failed: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
