@@ -100,7 +100,6 @@ def with_run_folder(case: str, args: list[str], cwd: Path) -> list[str]:
 def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
     """``apoptosis ARGS`` in this process: (exit code, stdout, stderr)."""
     from apoptosis.cli.main import main
-
     from apoptosis.training.run_plots import main as draw_figures
 
     capsys.readouterr()

@@ -63,7 +63,9 @@ def train(
         name = name or default_name(run_config.strategy_label)
     run_dir = runs_dir / name
     later = deferred_figures.enabled
-    trainer = Trainer(run_config, run_dir, resume=resume, console=console, show_progress=not quiet, draw_figures=not later)
+    trainer = Trainer(
+        run_config, run_dir, resume=resume, console=console, show_progress=not quiet, draw_figures=not later
+    )
     summary = trainer.fit()
     if later and trainer.config.trainer.plots:
         deferred_figures.run_dirs.append(run_dir)
