@@ -259,8 +259,9 @@ def _mean_or_dash(group: pd.DataFrame, column: str, fmt: str, scale: float = 1.0
 
 
 def plot_comparison(frame: pd.DataFrame, out_dir: Path) -> None:
-    """val_loss.png (mean curve per strategy with its spread over seeds, dotted lines at events)
-    and ages.png (ages of the living neurons at the end, per strategy)."""
+    """val_loss.png (mean curve per strategy with its spread over seeds, dotted lines at events,
+    and beside it each strategy's difference to ``none``'s mean curve) and ages.png (ages of the
+    living neurons at the end, per strategy)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -276,11 +277,23 @@ def plot_comparison(frame: pd.DataFrame, out_dir: Path) -> None:
         living = lineage[lineage["death_step"].isna()]
         ages.append(pd.DataFrame({"strategy": row.strategy, "age": row.steps - living["birth_step"]}))
         event_steps |= {e["step"] for e in read_events(run_dir)}
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    sns.lineplot(data=pd.concat(curves), x="step", y="val_loss", hue="strategy", errorbar="sd", ax=ax)
-    for step in sorted(event_steps):
-        ax.axvline(step, color="grey", linestyle=":", linewidth=1)
-    ax.set_title("validation loss (mean ± sd over seeds); dotted: event steps")
+    curves = pd.concat(curves)
+    baseline = curves[curves["strategy"] == BASELINE].groupby("step")["val_loss"].mean()
+    panels = [("val_loss", "validation loss")]
+    if len(baseline):  # differences of a few thousandths vanish on the whole curve: show them apart
+        curves["to_baseline"] = curves["val_loss"] - curves["step"].map(baseline)
+        panels.append(("to_baseline", f"minus {BASELINE}'s mean"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 3, 4.5), squeeze=False)
+    for i, (ax, (column, label)) in enumerate(zip(axes[0], panels, strict=True)):
+        sns.lineplot(data=curves, x="step", y=column, hue="strategy", errorbar="sd", ax=ax, legend=i == 0)
+        for step in sorted(event_steps):
+            ax.axvline(step, color="grey", linestyle=":", linewidth=1)
+        ax.set_ylabel(label)
+    if len(panels) > 1:
+        axes[0, 1].axhline(0, color="black", linewidth=1)
+        axes[0, 1].set_xlim(left=curves["step"].max() * 0.2)  # the first evaluations differ by far more
+    sns.move_legend(axes[0, 0], "upper left", bbox_to_anchor=(1.0 if len(panels) == 1 else 2.25, 1), frameon=False)
+    fig.suptitle("validation loss per strategy (mean ± sd over seeds); dotted: event steps")
     save_figure(fig, out_dir / "val_loss.png")
     fig, ax = plt.subplots(figsize=(8, 4.5))
     sns.boxplot(data=pd.concat(ages), x="strategy", y="age", ax=ax)

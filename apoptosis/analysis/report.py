@@ -243,12 +243,14 @@ def plot_events(frame: pd.DataFrame, path: Path) -> None:
 
     frame = frame.replace(math.inf, np.nan)  # never back: left out of the means, as in the table
     interval = ("ci", 95) if frame["event"].nunique() <= 50 else None  # thousands of events: means only
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
     for ax, column, label in ((axes[0], "surgery", "loss spike (probe loss change)"),
                               (axes[1], "recovery_steps", "steps until the loss is back")):  # fmt: skip
-        sns.lineplot(data=frame, x="event", y=column, hue="group", errorbar=interval, marker="o", ax=ax)
+        sns.lineplot(data=frame, x="event", y=column, hue="group", errorbar=interval, marker="o", ax=ax,
+                     legend=ax is axes[0])  # fmt: skip
         ax.set_ylabel(label)
     axes[0].axhline(0, color="grey", linewidth=1)
+    sns.move_legend(axes[0], "upper left", bbox_to_anchor=(2.25, 1), frameon=False)  # one legend, beside both
     fig.suptitle("each event: mean over runs and 95% interval")
     save_figure(fig, path)
 

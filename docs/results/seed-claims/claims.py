@@ -7,7 +7,10 @@ Prints, per strategy, over its seeds: final validation loss and its difference t
 by seed, 95% interval); the log's "variance" as this engine measures it (the training loss's
 variance around its trend over the last 20% of steps, x 1e4) with its 95% interval and its
 difference to hybrid at 5%; the generalisation gap (final validation minus training loss); the
-mean loss spike per event and the steps until the training loss is back; the parameter count.
+differences of validation loss and gap to standard at 10% (mutation only, the crossover and
+orthogonal claims' reference), paired by seed; the mean and largest loss spike per event and the
+steps until the training loss is back (and, as the noise floor of that measure, the same steps
+read at the event steps of `none`, where nothing happened); the parameter count.
 """
 
 from __future__ import annotations
@@ -18,12 +21,28 @@ from pathlib import Path
 import pandas as pd
 
 from apoptosis.analysis.intervals import half_width, paired_interval, welch_interval
+from apoptosis.analysis.report import recovery_steps
 
-BASELINE, MOST_STABLE = "none", "hybrid@turnover_rate=0.05"
+BASELINE, MOST_STABLE, MUTATION_ONLY = "none", "hybrid@turnover_rate=0.05", "standard@prune_rate=0.1"
 
 
 def _interval(diff: float, low: float, high: float) -> str:
     return f"{diff:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+def _paired(group: pd.DataFrame, reference: pd.DataFrame, column: str, same: bool) -> str:
+    return "-" if same else _interval(*paired_interval(group[column], reference[column]))
+
+
+def steps_back_without_events(folder: Path, runs: pd.DataFrame, event_steps: list[int]) -> str:
+    """Mean steps until the training loss of ``none`` is back at its level before each of
+    ``event_steps``: what the measure reads when nothing happened (batch noise alone)."""
+    from apoptosis.training import read_metrics
+
+    names = runs.loc[runs["strategy"] == BASELINE, "seed"].map(lambda seed: f"{BASELINE}-s{seed}")
+    steps = [recovery_steps(read_metrics(folder / name), step) for name in names for step in event_steps]
+    finite = [s for s in steps if s != float("inf")]
+    return f"{sum(finite) / len(finite):.0f} ({len(finite)}/{len(steps)})"
 
 
 def claims_table(runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
@@ -51,6 +70,8 @@ def claims_table(runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
                 if name != MOST_STABLE
                 else "-",
                 "gap": f"{group['gap'].mean():.4f} ± {half_width(group['gap']):.4f}",
+                "vs_standard10": _paired(group, by_seed[MUTATION_ONLY], "final_val_loss", name == MUTATION_ONLY),
+                "gap_vs_standard10": _paired(group, by_seed[MUTATION_ONLY], "gap", name == MUTATION_ONLY),
                 "events": int(group["events"].mean()),
                 "spike": f"{spikes['surgery'].mean():+.4f}" if len(spikes) else "-",
                 "max_spike": f"{spikes['surgery'].max():+.4f}" if len(spikes) else "-",
@@ -65,6 +86,8 @@ def main(folder: Path) -> None:
     runs = pd.read_csv(folder / "compare.csv")
     events = pd.read_csv(folder / "events.csv")
     table = claims_table(runs, events)
+    floor = steps_back_without_events(folder, runs, sorted(events["step"].unique()))
+    table.loc[table["strategy"] == BASELINE, "steps_back"] = f"{floor} (no event)"
     with pd.option_context("display.width", 250, "display.max_columns", None, "display.max_colwidth", 40):
         print(table.to_string(index=False))
 
