@@ -209,7 +209,7 @@ def test_neuron_compression_writes_a_smaller_run_that_keeps_the_kept_neurons(run
     check = ["--batches", 2, "--batch-size", 4, "--score-batches", 2, "--json", tmp_path / "check.json"]
     assert _apoptosis(monkeypatch, capsys, "fitness-check", out, *check)[0] == 0
     rows = json.loads((tmp_path / "check.json").read_text())["rows"]
-    assert rows and all(row["neurons"] == 45 for row in rows)  # the smaller layers' neurons, measured
+    assert rows and all(row["neurons"] == (90 if row["layer"] == "all" else 45) for row in rows)  # the kept ones
     code, err = _apoptosis(monkeypatch, capsys, "compress", out, "--pattern", "2:4")  # widths of 45
     assert code == 2 and len(err.strip().splitlines()) == 1 and "divisible by 4" in err
 
