@@ -100,12 +100,9 @@ def with_run_folder(case: str, args: list[str], cwd: Path) -> list[str]:
 def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
     """``apoptosis ARGS`` in this process: (exit code, stdout, stderr)."""
     from apoptosis.cli.main import main
-    from apoptosis.training.run_plots import main as draw_figures
 
     capsys.readouterr()
     monkeypatch.setattr(sys, "argv", ["apoptosis", *args])
-    # a finished train replaces its process by the figure drawing one: here, draw in this process
-    monkeypatch.setattr("apoptosis.cli.main.draw_figures_in_place", lambda dirs: draw_figures([str(d) for d in dirs]))
     try:
         main()
         code = 0

@@ -284,15 +284,17 @@ def plot_comparison(frame: pd.DataFrame, out_dir: Path) -> None:
         curves["to_baseline"] = curves["val_loss"] - curves["step"].map(baseline)
         panels.append(("to_baseline", f"minus {BASELINE}'s mean"))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 3, 4.5), squeeze=False)
-    for i, (ax, (column, label)) in enumerate(zip(axes[0], panels, strict=True)):
-        sns.lineplot(data=curves, x="step", y=column, hue="strategy", errorbar="sd", ax=ax, legend=i == 0)
+    for ax, (column, label) in zip(axes[0], panels, strict=True):
+        shown = curves if column == "val_loss" else curves[curves["step"] >= 0.2 * curves["step"].max()]
+        sns.lineplot(data=shown, x="step", y=column, hue="strategy", errorbar="sd", ax=ax, legend=ax is axes[0, -1])
         for step in sorted(event_steps):
             ax.axvline(step, color="grey", linestyle=":", linewidth=1)
         ax.set_ylabel(label)
     if len(panels) > 1:
         axes[0, 1].axhline(0, color="black", linewidth=1)
-        axes[0, 1].set_xlim(left=curves["step"].max() * 0.2)  # the first evaluations differ by far more
-    sns.move_legend(axes[0, 0], "upper left", bbox_to_anchor=(1.0 if len(panels) == 1 else 2.25, 1), frameon=False)
+        axes[0, 1].set_xlim(left=0.2 * curves["step"].max())
+        axes[0, 1].set_title("from 20% of the steps on (earlier ones differ by more)", fontsize=9)
+    sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.suptitle("validation loss per strategy (mean ± sd over seeds); dotted: event steps")
     save_figure(fig, out_dir / "val_loss.png")
     fig, ax = plt.subplots(figsize=(8, 4.5))

@@ -247,10 +247,10 @@ def plot_events(frame: pd.DataFrame, path: Path) -> None:
     for ax, column, label in ((axes[0], "surgery", "loss spike (probe loss change)"),
                               (axes[1], "recovery_steps", "steps until the loss is back")):  # fmt: skip
         sns.lineplot(data=frame, x="event", y=column, hue="group", errorbar=interval, marker="o", ax=ax,
-                     legend=ax is axes[0])  # fmt: skip
+                     legend=ax is axes[1])  # fmt: skip
         ax.set_ylabel(label)
     axes[0].axhline(0, color="grey", linewidth=1)
-    sns.move_legend(axes[0], "upper left", bbox_to_anchor=(2.25, 1), frameon=False)  # one legend, beside both
+    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)  # one legend, beside both
     fig.suptitle("each event: mean over runs and 95% interval")
     save_figure(fig, path)
 

@@ -1,2 +1,2 @@
 """The command line: thin commands that parse options, call one function and print. Nothing
-imports this package; ``apoptosis.cli.main:main`` is the ``apoptosis`` command."""
+imports this package; ``apoptosis.cli.main:entry`` is the ``apoptosis`` command."""

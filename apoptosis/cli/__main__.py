@@ -1,5 +1,5 @@
 """``python -m apoptosis.cli``: the same as the ``apoptosis`` command."""
 
-from apoptosis.cli.main import main
+from apoptosis.cli.main import entry
 
-main()
+entry()

@@ -28,8 +28,8 @@ console = Console(log_path=False)
 class DeferredFigures:
     """Run folders whose figures the ``apoptosis`` entry point draws once the command is done, in a
     fresh process that replaces this one: the figure libraries (~130 MB) then never share memory
-    with the trained model. Only the entry point turns this on; a command invoked otherwise (a
-    test's runner) draws its figures in-process."""
+    with the trained model. Only the installed command turns this on (``main.entry``); a command
+    invoked otherwise (tests call ``main.main`` or the app) draws its figures in-process."""
 
     enabled: bool = False
     run_dirs: list[Path] = field(default_factory=list)

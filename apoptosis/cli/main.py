@@ -18,9 +18,12 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {message}", file=file or sys.stderr)
 
 
-def main() -> None:
+def main(figures_in_new_process: bool = False) -> None:
+    """The ``apoptosis`` command in this process (tests call it so). ``figures_in_new_process``
+    (the installed command, :func:`entry`): a finished ``train`` leaves its figures to a process
+    that replaces this one, instead of drawing them here."""
     warnings.showwarning = _one_line_warning
-    deferred_figures.enabled, deferred_figures.run_dirs = True, []
+    deferred_figures.enabled, deferred_figures.run_dirs = figures_in_new_process, []
     try:
         app()
     except SystemExit as done:  # how a finished command returns
@@ -29,19 +32,25 @@ def main() -> None:
     except ApoptosisError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
     finally:
         deferred_figures.enabled = False
     if deferred_figures.run_dirs:
         draw_figures_in_place(deferred_figures.run_dirs)
 
 
+def entry() -> None:
+    """The installed ``apoptosis`` command and ``python -m apoptosis.cli``."""
+    main(figures_in_new_process=True)
+
+
 def draw_figures_in_place(run_dirs: list[Path]) -> None:
     """Replace this process by one that draws the runs' figures: the peak memory of
-    ``apoptosis train`` is then that of training, not training plus the figure libraries."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    ``apoptosis train`` is then that of training, not training plus the figure libraries.
+    (POSIX ``exec``; the run folder's lock already makes the package POSIX-only.)"""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # e.g. ``apoptosis train | head``: nobody reads the rest; draw anyway
+        pass
     command = [sys.executable, "-m", "apoptosis.training.run_plots", *map(str, run_dirs)]
     os.execv(sys.executable, command)

@@ -74,6 +74,9 @@ def main(run_dirs: list[str]) -> int:
     for run_dir in run_dirs:
         try:
             plot_run(run_dir)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
         except Exception as e:  # noqa: BLE001  (the run itself is complete: say so, in one line)
             print(f"error: {run_dir} is complete, but its figures failed: {e}", file=sys.stderr)
             return 1

@@ -55,7 +55,8 @@ def main(folder: Path) -> None:
     for method in ("magnitude", "wanda", "sparsegpt"):
         for recover in ("none", "lazarus", "finetune"):
             value = bpc(table, method, "unstructured", 0.5, recover)
-            print(f"  {method:9} + {recover:8}: {value:.4f}  removes {100 * (magnitude - value) / damage:5.1f}% of it")
+            removed = 100 * (magnitude - value) / damage if damage else float("nan")
+            print(f"  {method:9} + {recover:8}: {value:.4f}  removes {removed:5.1f}% of it")
     for method in ("magnitude", "wanda", "sparsegpt"):
         lazarus, finetune = (bpc(table, method, "unstructured", 0.5, r) for r in ("lazarus", "finetune"))
         pruned = bpc(table, method, "unstructured", 0.5, "none")
@@ -68,4 +69,4 @@ def main(folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/base/compress-table"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/compress-table"))
