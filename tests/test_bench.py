@@ -31,6 +31,17 @@ def test_bench_writes_every_figure_to_json(tmp_path: Path, monkeypatch) -> None:
         assert figures[key] > 0, key
     assert figures["compile_seconds"] > 0  # the first compiled step compiles, and is left out of tokens/s
     assert figures["events"]["standard compiled"] == figures["events"]["standard"] >= 1
-    speedup = figures["compiled_none_tokens_per_s"] / figures["eager_none_tokens_per_s"]
-    assert figures["compile_speedup"] == pytest.approx(speedup)
+    runs = figures["tokens_per_s"]  # one round here: the paired ratio is that round's
+    assert figures["compile_speedup"] == pytest.approx(runs["none compiled"][0] / runs["none"][0])
+    assert figures["throughput_ratio"] == pytest.approx(runs["standard"][0] / runs["none"][0])
     assert figures["mfu"] == pytest.approx(figures["hardware_share"])
+
+
+def test_ratios_are_paired_by_round_so_a_drifting_machine_cancels() -> None:
+    """The machine was twice as fast in round 2 and one compiled run caught a burst: the ratios
+    of the rounds are 1.1, 1.1 and 2.5, so the paired ratio is 1.1, while the medians over
+    rounds (12 and 22, taken from different rounds) would read 1.83."""
+    from apoptosis.analysis.bench import paired_ratio
+
+    runs = {"none": [10.0, 20.0, 12.0], "none compiled": [11.0, 22.0, 30.0]}
+    assert paired_ratio(runs, "none compiled", "none") == pytest.approx(1.1)

@@ -1,7 +1,8 @@
 """``apoptosis bench``: what a strategy costs in throughput, measured side by side.
 
 Runs of ``none`` and the strategy, eager and compiled (``trainer.compile``), alternate under one
-config, so drift of a noisy machine hits all of them; ratios of median tokens/s are the result.
+config, so drift of a noisy machine hits all of them; the ratios, paired by round (each round's
+ratio, then their median), are the result.
 Tokens/s leave out each run's first step, where a compiled run compiles (reported apart).
 Training time includes the fitness hooks and every event. The model's FLOP/s is also set
 against the float32 matmul FLOP/s this machine reaches, to show how far from the hardware the
@@ -99,6 +100,12 @@ def steady_tokens_per_s(trainer: Trainer) -> float:
     return totals.tokens * (steps - 1) / steps / (totals.train_time_s - trainer.first_step_s)
 
 
+def paired_ratio(tokens_per_s: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of ``a``'s tokens/s over ``b``'s in the same round: the machine's drift
+    between rounds, which spreads one configuration's runs by 10-20%, cancels."""
+    return statistics.median(x / y for x, y in zip(tokens_per_s[a], tokens_per_s[b], strict=True))
+
+
 def run_bench(config: RunConfig, strategy: str, repeats: int, console: Console) -> dict[str, Any]:
     """Eager and compiled runs of ``none`` and ``strategy``, alternating, ``repeats`` times each."""
     eager = {"none": _bench_config(config, "none"), strategy: _bench_config(config, strategy)}
@@ -120,6 +127,7 @@ def run_bench(config: RunConfig, strategy: str, repeats: int, console: Console) 
         sampling = sample_speed(trainer.model, repeats=repeats)
     hardware = matmul_flops_per_s(device=config.trainer.device)
     medians = {name: statistics.median(v) for name, v in tokens_per_s.items()}
+
     tokens_per_step = config.trainer.batch_size * config.model.block_size
     return {
         "strategy": strategy,
@@ -129,7 +137,7 @@ def run_bench(config: RunConfig, strategy: str, repeats: int, console: Console) 
         "tokens_per_s": tokens_per_s,
         "median_tokens_per_s": medians,
         "events": events,
-        "throughput_ratio": medians[strategy] / medians["none"],
+        "throughput_ratio": paired_ratio(tokens_per_s, strategy, "none"),
         "model_flops_per_token": flops_per_token,
         "model_flops_per_s": flops_per_token * medians["none"],
         "matmul_flops_per_s": hardware,
@@ -137,8 +145,8 @@ def run_bench(config: RunConfig, strategy: str, repeats: int, console: Console) 
         "eager_none_tokens_per_s": medians["none"],
         "compiled_none_tokens_per_s": medians["none compiled"],
         f"compiled_{strategy}_tokens_per_s": medians[f"{strategy} compiled"],
-        "compile_speedup": medians["none compiled"] / medians["none"],
-        "compiled_throughput_ratio": medians[f"{strategy} compiled"] / medians["none compiled"],
+        "compile_speedup": paired_ratio(tokens_per_s, "none compiled", "none"),
+        "compiled_throughput_ratio": paired_ratio(tokens_per_s, f"{strategy} compiled", "none compiled"),
         "compile_seconds": first_step_s["none compiled"][0]  # the first compiled run: later ones reuse the code
         - tokens_per_step / medians["none compiled"],
         "sample_chars_per_s": sampling["cached"],
