@@ -127,7 +127,6 @@ def run_bench(config: RunConfig, strategy: str, repeats: int, console: Console) 
         sampling = sample_speed(trainer.model, repeats=repeats)
     hardware = matmul_flops_per_s(device=config.trainer.device)
     medians = {name: statistics.median(v) for name, v in tokens_per_s.items()}
-
     tokens_per_step = config.trainer.batch_size * config.model.block_size
     return {
         "strategy": strategy,

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,11 +28,11 @@ console = Console(log_path=False)
 class DeferredFigures:
     """Run folders whose figures the ``apoptosis`` entry point draws once the command is done, in a
     fresh process that replaces this one: the figure libraries (~130 MB) then never share memory
-    with the trained model. Only the installed command turns this on (``main.entry``); a command
-    invoked otherwise (tests call ``main.main`` or the app) draws its figures in-process."""
+    with the trained model. ``run_dirs`` is a list only in the installed command (``main.entry``);
+    None where a command is invoked otherwise (tests call ``main.main`` or the app): figures are
+    then drawn in-process."""
 
-    enabled: bool = False
-    run_dirs: list[Path] = field(default_factory=list)
+    run_dirs: list[Path] | None = None
 
 
 deferred_figures = DeferredFigures()

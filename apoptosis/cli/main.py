@@ -23,7 +23,7 @@ def main(figures_in_new_process: bool = False) -> None:
     (the installed command, :func:`entry`): a finished ``train`` leaves its figures to a process
     that replaces this one, instead of drawing them here."""
     warnings.showwarning = _one_line_warning
-    deferred_figures.enabled, deferred_figures.run_dirs = figures_in_new_process, []
+    deferred_figures.run_dirs = [] if figures_in_new_process else None
     try:
         app()
     except SystemExit as done:  # how a finished command returns
@@ -33,9 +33,9 @@ def main(figures_in_new_process: bool = False) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:
-        deferred_figures.enabled = False
-    if deferred_figures.run_dirs:
-        draw_figures_in_place(deferred_figures.run_dirs)
+        run_dirs, deferred_figures.run_dirs = deferred_figures.run_dirs, None
+    if run_dirs:
+        draw_figures_in_place(run_dirs)
 
 
 def entry() -> None:

@@ -62,13 +62,13 @@ def train(
         run_config = build_config(config, strategy, then, steps, seed, data, device, set_)
         name = name or default_name(run_config.strategy_label)
     run_dir = runs_dir / name
-    later = deferred_figures.enabled
+    later = deferred_figures.run_dirs
     trainer = Trainer(
-        run_config, run_dir, resume=resume, console=console, show_progress=not quiet, draw_figures=not later
+        run_config, run_dir, resume=resume, console=console, show_progress=not quiet, draw_figures=later is None
     )
     summary = trainer.fit()
-    if later and trainer.config.trainer.plots:
-        deferred_figures.run_dirs.append(run_dir)
+    if later is not None and trainer.config.trainer.plots:
+        later.append(run_dir)
     if not quiet:
         console.print(summary_table(summary, f"Run {name}"))
         print_ages(run_dir, console, trainer.lineage, trainer.step)

@@ -7,7 +7,9 @@ Prints the table as docs/lazarus.md shows it (markdown), then, at sparsity 0.5 w
 unstructured pattern, the bits per character of each method after each recovery; where Lazarus
 (data-free) lands between magnitude pruning with no recovery and the calibrated one-shot methods
 (Wanda, SparseGPT), as the share of the damage it removes; how close it comes to fine-tuning on
-real data; and the speed each pattern buys on the CPU.
+real data, and Lazarus minus fine-tuning for every pruned model; and the speed each pattern
+buys on the CPU (mean, lowest and highest over the cells). On a folder without recoveries (the
+idle speed grid, `speed-idle/`) it prints the table and the speeds only.
 """
 
 from __future__ import annotations
@@ -40,9 +42,8 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def main(folder: Path) -> None:
-    table = pd.read_csv(folder / "table.csv")
-    print(markdown(table), end="\n\n")
+def recovery_answers(table: pd.DataFrame) -> None:
+    """Where Lazarus lands at 0.5 unstructured, and how close it comes to fine-tuning."""
     dense = float(table.loc[table.method == "dense", "bpc_mean"].iloc[0])
     print(f"dense model: {dense:.4f} bits/char")
     at_half = table[(table.prune == 0.5) & (table.pattern == "unstructured")]
@@ -62,9 +63,23 @@ def main(folder: Path) -> None:
         pruned = bpc(table, method, "unstructured", 0.5, "none")
         share = (pruned - lazarus) / (pruned - finetune) if pruned != finetune else float("nan")
         print(f"{method}: Lazarus recovers {100 * share:.0f}% of what fine-tuning on real data recovers")
+    cells = table[table.method != "dense"].pivot_table(index=["method", "pattern", "prune"], columns="recover",
+                                                       values="bpc_mean")  # fmt: skip
+    gap = (cells["lazarus"] - cells["finetune"]).sort_values()
+    print("\nLazarus minus fine-tuning, bits/char, every pruned model of the grid:")
+    print(gap.round(4).to_string())
 
-    print("\nspeed against the dense model (tokens/s of inference, side by side), mean over methods and seeds")
-    speed = table[table.method != "dense"].groupby(["pattern", "prune"])[["speedup_mean", "kept_mean"]].mean()
+
+def main(folder: Path) -> None:
+    table = pd.read_csv(folder / "table.csv")
+    print(markdown(table), end="\n\n")
+    if {"lazarus", "finetune", "none"} <= set(table.recover):
+        recovery_answers(table)
+    cells = pd.read_csv(folder / "cells.csv")
+    print("\nspeed against the dense model (tokens/s of inference, side by side), over methods and seeds")
+    speed = cells.groupby(["pattern", "prune"]).agg(
+        speedup=("speedup", "mean"), low=("speedup", "min"), high=("speedup", "max"), kept=("kept", "mean")
+    )
     print(speed.round(3).to_string())
 
 

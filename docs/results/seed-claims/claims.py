@@ -10,7 +10,10 @@ difference to hybrid at 5% (paired by seed); the generalisation gap (final valid
 differences of validation loss and gap to standard at 10% (mutation only, the crossover and
 orthogonal claims' reference), paired by seed; the mean and largest loss spike per event and the
 steps until the training loss is back (and, as the noise floor of that measure, the same steps
-read at the event steps of `none`, where nothing happened); the parameter count.
+read at the event steps of `none`, where nothing happened); the MLP neurons and parameter count
+at the end. Last, the standard deviation over seeds of each strategy's paired difference to
+`none`, pooled, and the seeds a 95% interval of half width 0.0012 (the log's functional
+preservation margin) would need at that spread.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def claims_table(runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
                 "spike": f"{spikes['surgery'].mean():+.4f}" if len(spikes) else "-",
                 "max_spike": f"{spikes['surgery'].max():+.4f}" if len(spikes) else "-",
                 "steps_back": f"{back.mean():.0f} ({len(back)}/{len(spikes)})" if len(spikes) else "-",
+                "neurons": int(group["neurons"].mean()),
                 "parameters": int(group["parameters"].mean()),
             }
         )
@@ -85,8 +89,14 @@ def main(folder: Path) -> None:
     table = claims_table(runs, events)
     floor = steps_back_without_events(folder, runs, sorted(events["step"].unique()))
     table.loc[table["strategy"] == BASELINE, "steps_back"] = f"{floor} (no event)"
+    val = runs.pivot(index="seed", columns="strategy", values="final_val_loss")
+    paired_sd = val.drop(columns=BASELINE).sub(val[BASELINE], axis=0).std()
+    pooled = math.sqrt((paired_sd**2).mean())
     with pd.option_context("display.width", 250, "display.max_columns", None, "display.max_colwidth", 40):
         print(table.to_string(index=False))
+    print("\nsd over seeds of the paired difference to none:", paired_sd.round(4).to_dict())
+    for name, sd in (("functional_preservation", paired_sd["functional_preservation"]), ("pooled", pooled)):
+        print(f"{name}: sd {sd:.4f} -> seeds for a ±0.0012 interval: {(1.96 * sd / 0.0012) ** 2:.0f}")
 
 
 if __name__ == "__main__":
