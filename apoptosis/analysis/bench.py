@@ -71,7 +71,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _bench_config(config: RunConfig, strategy: str) -> RunConfig:
+def _bench_config(config: RunConfig, strategy: str, steps: int) -> RunConfig:
     from apoptosis.core.strategy import build_strategy
 
     config = copy.deepcopy(config)
@@ -81,23 +81,18 @@ def _bench_config(config: RunConfig, strategy: str) -> RunConfig:
         if key in known:
             params.setdefault(key, value)
     config.strategy = StrategyConfig(name=strategy, params=params)
-    config.trainer.eval_interval = config.trainer.steps  # evaluation is not what is measured
-    config.trainer.checkpoint_interval = config.trainer.steps
+    config.trainer.steps = steps
+    config.trainer.eval_interval = steps  # evaluation is not what is measured
+    config.trainer.checkpoint_interval = steps
     return config
 
 
-def _compiled(config: RunConfig) -> RunConfig:
+def _compiled(config: RunConfig, extra_steps: int = 0) -> RunConfig:
     config = copy.deepcopy(config)
     config.trainer.compile = True
+    config.trainer.steps += extra_steps
+    config.trainer.eval_interval = config.trainer.checkpoint_interval = config.trainer.steps
     return config
-
-
-def steady_tokens_per_s(trainer: Trainer) -> float:
-    """Tokens/s after the run's first step, which for a compiled run includes compiling it."""
-    totals, steps = trainer.totals, trainer.config.trainer.steps
-    if steps < 2 or trainer.first_step_s is None:
-        return totals.tokens / totals.train_time_s
-    return totals.tokens * (steps - 1) / steps / (totals.train_time_s - trainer.first_step_s)
 
 
 def paired_ratio(tokens_per_s: dict[str, list[float]], a: str, b: str) -> float:
@@ -106,48 +101,101 @@ def paired_ratio(tokens_per_s: dict[str, list[float]], a: str, b: str) -> float:
     return statistics.median(x / y for x, y in zip(tokens_per_s[a], tokens_per_s[b], strict=True))
 
 
-def run_bench(config: RunConfig, strategy: str, repeats: int, console: Console) -> dict[str, Any]:
-    """Eager and compiled runs of ``none`` and ``strategy``, alternating, ``repeats`` times each."""
-    eager = {"none": _bench_config(config, "none"), strategy: _bench_config(config, strategy)}
-    configs = {**eager, **{f"{name} compiled": _compiled(cfg) for name, cfg in eager.items()}}
+class _Segments:
+    """One trainer, advanced a few steps at a time."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer, self.steps = trainer, trainer.train_steps()
+
+    def advance(self, steps: int) -> float:
+        """Train ``steps`` more steps; their tokens/s (training time only, as the run counts it)."""
+        totals = self.trainer.totals
+        tokens, seconds = totals.tokens, totals.train_time_s
+        for _ in range(steps):
+            next(self.steps)
+        return (totals.tokens - tokens) / (totals.train_time_s - seconds)
+
+    def timed_step(self) -> float:
+        """Wall seconds of the next step."""
+        began = time.perf_counter()
+        next(self.steps)
+        return time.perf_counter() - began
+
+    def close(self) -> None:
+        self.steps.close()
+        self.trainer.folder.release()
+
+
+GROWTH_STEPS = 4  # the compiled ``none`` run's steps after the rounds: two growths, each between two steps
+
+
+def growth_recompile_s(run: _Segments) -> list[float]:
+    """Seconds the step after a growth (one neuron per layer) takes beyond the step before it, for
+    two growths in turn: torch recompiles the compiled step at the first new width and from then
+    on treats the width as a dynamic size, so later growths cost little."""
+    costs = []
+    for _ in range(2):
+        steady = run.timed_step()
+        for pop in run.trainer.populations:
+            pop.grow(1, step=run.trainer.step)
+        costs.append(run.timed_step() - steady)
+    return costs
+
+
+def run_bench(config: RunConfig, strategy: str, rounds: int, segment: int, console: Console) -> dict[str, Any]:
+    """Eager and compiled runs of ``none`` and ``strategy``, all four alive at once and advanced in
+    turn, ``segment`` steps each per round (the order reversed every other round, so that no run
+    is always first): a first round left out (compiled runs compile there), then ``rounds``
+    measured ones."""
+    steps = segment * (rounds + 1)
+    eager = {name: _bench_config(config, name, steps) for name in ("none", strategy)}
+    configs = {**eager, "none compiled": _compiled(eager["none"], GROWTH_STEPS),
+               f"{strategy} compiled": _compiled(eager[strategy])}  # fmt: skip
     tokens_per_s: dict[str, list[float]] = {name: [] for name in configs}
-    first_step_s: dict[str, list[float]] = {name: [] for name in configs}
-    events: dict[str, int] = {}
+    first_round_s: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp, Progress(console=console, transient=True) as progress:
-        task = progress.add_task("bench", total=repeats * len(configs))
-        for r in range(repeats):
-            for name, cfg in configs.items():
-                trainer = Trainer(copy.deepcopy(cfg), Path(tmp) / f"{name}-{r}".replace(" ", "-"), show_progress=False)
-                trainer.fit()
-                tokens_per_s[name].append(steady_tokens_per_s(trainer))
-                first_step_s[name].append(trainer.first_step_s or 0.0)
-                events[name] = trainer.totals.events
-                progress.advance(task)
-        flops_per_token = model_flops_per_token(trainer.model)
-        sampling = sample_speed(trainer.model, repeats=repeats)
+        runs = {name: _Segments(Trainer(cfg, Path(tmp) / name.replace(" ", "-"), show_progress=False))
+                for name, cfg in configs.items()}  # fmt: skip
+        try:
+            task = progress.add_task("bench", total=(rounds + 1) * len(runs))
+            for r in range(rounds + 1):
+                for name in list(runs) if r % 2 == 0 else reversed(runs):
+                    began = time.perf_counter()
+                    speed = runs[name].advance(segment)
+                    if r == 0:
+                        first_round_s[name] = time.perf_counter() - began
+                    else:
+                        tokens_per_s[name].append(speed)
+                    progress.advance(task)
+            growth_s = growth_recompile_s(runs["none compiled"])
+        finally:
+            for run in runs.values():
+                run.close()
+        trainers = {name: run.trainer for name, run in runs.items()}
+        flops_per_token = model_flops_per_token(trainers["none"].model)
+        sampling = sample_speed(trainers["none"].model, repeats=3)
     hardware = matmul_flops_per_s(device=config.trainer.device)
     medians = {name: statistics.median(v) for name, v in tokens_per_s.items()}
-    tokens_per_step = config.trainer.batch_size * config.model.block_size
+    segment_tokens = segment * config.trainer.batch_size * config.model.block_size
     return {
         "strategy": strategy,
         "strategy_params": configs[strategy].strategy.params,
-        "steps": config.trainer.steps,
-        "repeats": repeats,
+        "rounds": rounds,
+        "segment_steps": segment,
         "tokens_per_s": tokens_per_s,
         "median_tokens_per_s": medians,
-        "events": events,
+        "events": {name: trainer.totals.events for name, trainer in trainers.items()},
         "throughput_ratio": paired_ratio(tokens_per_s, strategy, "none"),
         "model_flops_per_token": flops_per_token,
         "model_flops_per_s": flops_per_token * medians["none"],
         "matmul_flops_per_s": hardware,
-        "hardware_share": flops_per_token * medians["none"] / hardware,
         "eager_none_tokens_per_s": medians["none"],
         "compiled_none_tokens_per_s": medians["none compiled"],
         f"compiled_{strategy}_tokens_per_s": medians[f"{strategy} compiled"],
         "compile_speedup": paired_ratio(tokens_per_s, "none compiled", "none"),
         "compiled_throughput_ratio": paired_ratio(tokens_per_s, f"{strategy} compiled", "none compiled"),
-        "compile_seconds": first_step_s["none compiled"][0]  # the first compiled run: later ones reuse the code
-        - tokens_per_step / medians["none compiled"],
+        "compile_seconds": first_round_s["none compiled"] - segment_tokens / medians["none compiled"],
+        "growth_recompile_seconds": growth_s,
         "sample_chars_per_s": sampling["cached"],
         "sample_chars_per_s_uncached": sampling["uncached"],
         "peak_rss_mb": peak_rss_mb(),
@@ -161,29 +209,32 @@ def _verdict(met: bool) -> str:
 
 def print_bench(result: dict[str, Any], console: Console) -> None:
     s = result["strategy"]
-    table = Table(title=f"bench: {result['steps']} steps x {result['repeats']} alternating runs", title_justify="left")
-    table.add_column("strategy")
+    title = f"bench: {result['rounds']} rounds of {result['segment_steps']} steps per run, the four runs in turn"
+    table = Table(title=title, title_justify="left")
+    table.add_column("run")
     table.add_column("tokens/s (median)", justify="right")
-    table.add_column("runs", justify="right")
-    table.add_column("events per run", justify="right")
-    for name in result["tokens_per_s"]:
-        runs = ", ".join(f"{v:,.0f}" for v in result["tokens_per_s"][name])
-        table.add_row(name, f"{result['median_tokens_per_s'][name]:,.0f}", runs, f"{result['events'][name]}")
+    table.add_column("slowest - fastest round", justify="right")
+    table.add_column("events", justify="right")
+    for name, speeds in result["tokens_per_s"].items():
+        spread = f"{min(speeds):,.0f} - {max(speeds):,.0f}"
+        table.add_row(name, f"{result['median_tokens_per_s'][name]:,.0f}", spread, f"{result['events'][name]}")
     console.print(table)
     ratio = result["throughput_ratio"]
     verdict = "[green]within[/]" if ratio >= 0.95 else "[red]outside[/]"
-    console.print(f"{s} params: {result['strategy_params']}")
+    console.print(f"{s} params: {result['strategy_params']}; ratios below: the median of the rounds' ratios")
     console.print(f"throughput ratio {s}/none: {ratio:.3f} ({verdict} the 5% budget: >= 0.950)")
     speedup, compiled_ratio = result["compile_speedup"], result["compiled_throughput_ratio"]
+    first, second = result["growth_recompile_seconds"]
     console.print(
         f"compiled none/eager none: {speedup:.2f}x ({_verdict(speedup >= 1.2)} the goal >= 1.2x); compiled {s}/"
         f"compiled none: {compiled_ratio:.3f} ({_verdict(compiled_ratio >= 0.98)} the goal >= 0.98); compiling "
-        f"took {result['compile_seconds']:.1f} s (the first step, left out of tokens/s)"
+        f"took {result['compile_seconds']:.1f} s (in the first round, left out of tokens/s); a growth costs "
+        f"{first:.1f} s the first time (recompiling), {second:.2f} s the second (the width is then dynamic)"
     )
     console.print(
         f"model: {result['model_flops_per_token'] / 1e6:.2f} MFLOP/token -> {result['model_flops_per_s'] / 1e9:.2f} "
         f"GFLOP/s; float32 matmul on this machine: {result['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; "
-        f"share: {result['hardware_share']:.1%}"
+        f"share (mfu): {result['mfu']:.1%}"
     )
     speedup = result["sample_chars_per_s"] / result["sample_chars_per_s_uncached"]
     console.print(

@@ -15,21 +15,23 @@ from apoptosis.core.io import atomic_write_json
 
 @app.command()
 def bench(
-    steps: Annotated[int, typer.Option(help="training steps per measured run")] = 300,
-    repeats: Annotated[int, typer.Option(help="alternating runs per strategy")] = 3,
+    rounds: Annotated[int, typer.Option(help="measured rounds; each advances every run by --segment steps")] = 8,
+    segment: Annotated[int, typer.Option(help="steps each run trains per round")] = 100,
     strategy: Annotated[str, typer.Option(help="strategy measured against none")] = "standard",
     set_: SetOption = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="also write the figures to this file")] = None,
 ) -> None:
-    """Throughput of `none` against a strategy (same config, alternating runs) and the model's
-    FLOP/s as a share of this machine's float32 matmul FLOP/s. Unless set, the strategy's
-    interval is 100 and maturity 50, so a short bench includes events."""
+    """Throughput of `none` against a strategy, eager and compiled (same config; the four runs train
+    in turn, --segment steps at a time, so a noisy machine's drift hits them alike), what a growth
+    costs a compiled run, sampling speed, peak memory, and the model's FLOP/s as a share of this
+    machine's float32 matmul FLOP/s. Unless set, the strategy's interval is 100 and maturity 50,
+    so a short bench includes events."""
     from apoptosis.analysis.bench import print_bench, run_bench
 
-    if repeats < 1:
-        raise ApoptosisError(f"--repeats must be >= 1, got {repeats}")
-    config = build_config(None, strategy, None, steps, None, None, None, set_)
-    result = run_bench(config, strategy=strategy, repeats=repeats, console=console)
+    if rounds < 1 or segment < 1:
+        raise ApoptosisError(f"--rounds and --segment must be >= 1, got {rounds} and {segment}")
+    config = build_config(None, strategy, None, None, None, None, None, set_)
+    result = run_bench(config, strategy=strategy, rounds=rounds, segment=segment, console=console)
     print_bench(result, console)
     if json_path is not None:
         atomic_write_json(json_path, result)

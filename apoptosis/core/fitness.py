@@ -171,9 +171,17 @@ class FitnessTracker:
         gradient is skipped."""
         if not (self._attached and self.metric.reads_weight_grad):
             return
-        for layer, mlp in enumerate(self.mlps):
-            if mlp.proj.weight.grad is not None:
-                self._update(layer, self.metric.weight_grad_value(mlp))
+        mlps = self.mlps
+        layers = [layer for layer, mlp in enumerate(mlps) if mlp.proj.weight.grad is not None]
+        values = [self.metric.weight_grad_value(mlps[layer]) for layer in layers]
+        # Every layer's moving average in four list operations (``_update``'s, batched): at this
+        # size each small operation costs more than its arithmetic.
+        d = self.ema_decay
+        sums, weights = [self.sums[layer] for layer in layers], [self.weights[layer] for layer in layers]
+        torch._foreach_mul_(sums, d)
+        torch._foreach_add_(sums, values, alpha=1 - d)
+        torch._foreach_mul_(weights, d)
+        torch._foreach_add_(weights, 1 - d)
 
     def _make_hook(self, layer: int):
         def hook(module: nn.Module, inputs: Any, h: torch.Tensor) -> None:

@@ -6,10 +6,17 @@ newborn's moments, that count stays large, so the bias correction is ~1 while th
 restarts from zero, and the newborn's first updates are several times what Adam gives a fresh
 parameter (2.1x with beta2 0.99, 6.6x with 0.999). Continual Backprop's AdamGnT keeps a step count
 per element for this reason. Here each neuron remembers the optimizer step at which its moments
-were last reset (``born_at``), and after each optimizer step the rows of young neurons are
-recomputed with the exact AdamW formula at their own age (``a`` updates since birth):
+were last reset (``born_at``), and after each optimizer step the rows of young neurons get the
+exact AdamW update at their own age (``a`` updates since birth) instead of the tensor's (``t``):
 
-    w <- w_before * (1 - lr * wd) - lr / (1 - beta1^a) * m / (sqrt(v / (1 - beta2^a)) + eps)
+    w <- w_before * (1 - lr * wd) - lr / (1 - beta1^a) * m / (sqrt(v) / sqrt(1 - beta2^a) + eps)
+
+Decay and moments are the same in both, so the optimizer's result is corrected in place: with
+``r = sqrt(v)`` and ``c = sqrt(1 - beta2^.)``, AdamW's step is ``lr c / (1 - beta1^.) * m / (r + eps c)``,
+and the rows get ``m * (A / (r + eps c_t) - B / (r + eps c_a))`` added, ``A`` and ``B`` the two
+``lr c / (1 - beta1^.)``. Nothing is copied before the step; the age factors come from a table
+per (beta1, beta2), and a layer's three neuron tensors are corrected as one matrix, because at
+this size every small operation costs more than its arithmetic.
 
 Neurons whose correction no longer differs from the tensor's (beta2^a below 1e-7) stop being
 young, so the hot loop does nothing once newborns have grown up. Founders are never young. Only
@@ -22,6 +29,7 @@ the optimizer does, as w = w_before + scale * (w_after - w_before).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -41,7 +49,7 @@ class NeuronUpdates:
         self._groups: dict[int, dict[str, Any] | None] = {}  # id(param) -> its AdamW group
         self._before: list[torch.Tensor] | None = None
         self._young: torch.Tensor | None = None
-        self._young_before: list[torch.Tensor] = []
+        self._young_until: tuple[torch.Tensor, float] | None = None  # young slots, and the step they last to
 
     # --- what surgery tells it ----------------------------------------------------------------
 
@@ -55,11 +63,13 @@ class NeuronUpdates:
         """Moments of ``slots`` were just reset: their bias correction starts again, unprotected."""
         self.born_at[slots] = self.optimizer_step()
         self.scale[slots] = 1.0
+        self._young_until = None
 
     def inherit(self, children: torch.Tensor, parents: torch.Tensor) -> None:
         """Children that took their parents' moments also take their age and protection."""
         self.born_at[children] = self.born_at[parents]
         self.scale[children] = self.scale[parents]
+        self._young_until = None
 
     def resize(self, along_neurons: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
         """Apply the population's resize (index_select, or append zeros) to the per-neuron state;
@@ -67,8 +77,15 @@ class NeuronUpdates:
         old = len(self.scale)
         self.scale = along_neurons(self.scale, 0)
         self.born_at = along_neurons(self.born_at, 0)
+        self._young_until = None
         if len(self.scale) > old:
             self.reborn(torch.arange(old, len(self.scale)))
+
+    def restart_clocks(self) -> None:
+        """The optimizer's state was cleared: every neuron's bias correction restarts with its
+        tensor's, so none is young."""
+        self.born_at.zero_()
+        self._young_until = None
 
     def protect(self, slots: torch.Tensor, factor: float) -> None:
         if not 0.0 <= factor <= 1.0:
@@ -80,28 +97,28 @@ class NeuronUpdates:
         return self.scale < 1.0
 
     def young(self) -> torch.Tensor:
-        """Slots whose Adam bias correction still differs from their tensor's."""
+        """Slots whose Adam bias correction still differs from their tensor's (kept until surgery
+        changes a neuron's age or the first of them grows up)."""
+        step = self.optimizer_step()
+        if self._young_until is not None and step < self._young_until[1]:
+            return self._young_until[0]
         adam = self._adam_group()
         if adam is None:
             return torch.empty(0, dtype=torch.long)
-        beta2 = adam["betas"][1]
-        step = self.optimizer_step()
-        limit = math.log(YOUNG_UNTIL) / math.log(beta2) if 0 < beta2 < 1 else 0.0
-        return ((self.born_at > 0) & ((step - self.born_at) < limit)).nonzero().squeeze(1)
+        limit = _youth(adam["betas"][1])
+        young = ((self.born_at > 0) & ((step - self.born_at) < limit)).nonzero().squeeze(1)
+        until = int(self.born_at[young].min()) + limit if len(young) else math.inf  # none until surgery
+        self._young_until = (young, until)
+        return young
 
     # --- around the optimizer step ------------------------------------------------------------
 
     @torch.no_grad()
     def before_step(self) -> None:
-        """Remember what ``after_step`` needs: the young rows, and whole tensors when a neuron is
-        protected. Nothing is copied when no neuron is young or protected."""
+        """Remember what ``after_step`` needs: which neurons are young, and whole tensors when a
+        neuron is protected. Nothing is copied when no neuron is protected."""
         young = self.young()
         self._young = young if len(young) else None
-        self._young_before = []
-        if self._young is not None:
-            self._young_before = [
-                param.detach().index_select(dim, self._young.to(param.device)) for param, dim in self.tensors()
-            ]
         self._before = None
         if bool(self.protected().any()):
             self._before = [param.detach().clone() for param, _ in self.tensors()]
@@ -109,32 +126,48 @@ class NeuronUpdates:
     @torch.no_grad()
     def after_step(self) -> None:
         if self._young is not None:
-            self._correct_young()
+            self._correct_young(self._young)
         if self._before is not None:
             for (param, dim), old in zip(self.tensors(), self._before, strict=True):
                 param.copy_(old + self.scale.to(param).view(_along(param, dim)) * (param - old))
-        self._before, self._young, self._young_before = None, None, []
+        self._before, self._young = None, None
 
-    def _correct_young(self) -> None:
-        young = self._young
-        assert young is not None
-        for (param, dim), old in zip(self.tensors(), self._young_before, strict=True):
-            group, state = self._group_of(param), self.optimizer.state.get(param, {})
-            if group is None or "exp_avg" not in state:
-                continue
-            index = young.to(param.device)
-            beta1, beta2 = group["betas"]
-            age = (int(state["step"]) - self.born_at[young]).clamp_min(1).to(param.device, torch.float64)
-            shape = _along(param, dim)
-            correction1 = (1 - beta1**age).view(shape)
-            correction2 = (1 - beta2**age).view(shape)
-            m = state["exp_avg"].index_select(dim, index)
-            v = state["exp_avg_sq"].index_select(dim, index)
-            lr, decay = group["lr"], group["weight_decay"]
-            denom = (v.double() / correction2).sqrt() + group["eps"]
-            update = (lr / correction1) * m.double() / denom
-            row = old.double() * (1 - lr * decay) - update
-            param.index_copy_(dim, index, row.to(param.dtype))
+    def _correct_young(self, young: torch.Tensor) -> None:
+        """Swap the tensor's bias correction for each young neuron's own in the update just made."""
+        tensors = [(param, dim) for param, dim in self.tensors() if "exp_avg" in self.optimizer.state.get(param, {})]
+        groups = [self._group_of(param) for param, _ in tensors]
+        if not tensors or any(g is None for g in groups):
+            return
+        adam = groups[0]
+        assert adam is not None
+        settings = ("lr", "betas", "eps")
+        if any(any(g[k] != adam[k] for k in settings) for g in groups if g is not None):  # never in our trainer
+            raise ValueError("per-neuron bias correction needs one lr, betas and eps for a layer's neuron tensors")
+        step, device = int(self.optimizer.state[tensors[0][0]]["step"]), tensors[0][0].device
+        index = young.to(device)
+        (beta1, beta2), lr, eps = adam["betas"], adam["lr"], adam["eps"]
+        root_correction = math.sqrt(1 - beta2**step)
+        made_scale, made_eps = lr * root_correction / (1 - beta1**step), eps * root_correction
+        own_ratio, own_root = _age_tables(beta1, beta2, device)
+        age = (step - self.born_at[young]).to(device)
+        own_scale, own_eps = own_ratio[age].mul_(lr), own_root[age].mul_(eps)  # (young,) each
+
+        # A layer's young rows side by side, neurons first: (young, columns of every tensor).
+        def rows(values: list[torch.Tensor]) -> torch.Tensor:
+            taken = [v.index_select(d, index).movedim(d, 0).reshape(len(young), -1)
+                     for v, (_, d) in zip(values, tensors, strict=True)]  # fmt: skip
+            return torch.cat(taken, dim=1)
+
+        states = [self.optimizer.state[param] for param, _ in tensors]
+        m = rows([state["exp_avg"] for state in states])
+        root_v = rows([state["exp_avg_sq"] for state in states]).sqrt_()
+        made = (root_v + made_eps).reciprocal_().mul_(made_scale)
+        own = own_scale.unsqueeze(1) / (root_v + own_eps.unsqueeze(1))
+        delta = m.mul_(made.sub_(own))
+        widths = [param[0].numel() if dim == 0 else param.size(0) for param, dim in tensors]
+        for (param, dim), part in zip(tensors, delta.split(widths, dim=1), strict=True):
+            shape = [len(young), *(n for i, n in enumerate(param.shape) if i != dim)]
+            param.detach().index_add_(dim, index, part.reshape(shape).movedim(0, dim))
 
     def _adam_group(self) -> dict[str, Any] | None:
         return self._group_of(self.tensors()[0][0])
@@ -166,12 +199,28 @@ class NeuronUpdates:
     def load_state_dict(self, state: dict[str, torch.Tensor] | torch.Tensor) -> None:
         """A dict, or a bare scale tensor from checkpoints written before bias correction was
         per neuron (their neurons count as founders)."""
+        self._young_until = None
         if isinstance(state, torch.Tensor):
             self.scale = state.clone()
             self.born_at = torch.zeros(len(state), dtype=torch.long)
             return
         self.scale = state["scale"].clone()
         self.born_at = state["born_at"].clone()
+
+
+@functools.cache
+def _youth(beta2: float) -> int:
+    """Updates after which a neuron's Adam bias correction no longer differs from its tensor's."""
+    return math.ceil(math.log(YOUNG_UNTIL) / math.log(beta2)) if 0 < beta2 < 1 else 0
+
+
+@functools.cache
+def _age_tables(beta1: float, beta2: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """By age a (updates since birth, 0 .. youth): ``sqrt(1 - beta2^a) / (1 - beta1^a)`` and
+    ``sqrt(1 - beta2^a)``, float32 on ``device`` (computed in float64; age 0 is never read)."""
+    age = torch.arange(_youth(beta2) + 1, dtype=torch.float64).clamp_min(1)
+    root = (1 - beta2**age).sqrt()
+    return (root / (1 - beta1**age)).to(device, torch.float32), root.to(device, torch.float32)
 
 
 def _along(param: torch.Tensor, dim: int) -> list[int]:

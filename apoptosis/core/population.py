@@ -382,7 +382,7 @@ def restart_optimizer(optimizer: torch.optim.Optimizer, populations: list[Neuron
     optimizer.state.clear()
     for pop in populations:
         assert pop.optimizer is optimizer
-        pop.updates.born_at.zero_()
+        pop.updates.restart_clocks()
 
 
 def _append_zeros(t: torch.Tensor, dim: int, k: int) -> torch.Tensor:

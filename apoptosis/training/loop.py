@@ -14,7 +14,7 @@ import dataclasses
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,11 +118,16 @@ class Trainer:
 
         self.model = GPT(config.model).to(self.device)
         # The training step's forward: compiled, it shares the model's parameters, so surgery and the
-        # optimizer see one set of tensors; a change of shape (growth) makes torch recompile it.
-        if t.compile:  # hooks added or removed later (cbp, redo, fitness) must recompile, not be skipped
-            torch._dynamo.config.skip_nnmodule_hook_guards = False
+        # optimizer see one set of tensors. A change of shape (growth, shrinkage) makes torch recompile
+        # it once, with the widths as dynamic sizes from then on; by default torch would hold weights
+        # static, recompile at every new width and fall back to eager after eight.
+        if t.compile:
+            torch._dynamo.config.skip_nnmodule_hook_guards = False  # hooks added later (cbp, redo) recompile
+            torch._dynamo.config.force_parameter_static_shapes = False
+            torch._dynamo.config.force_nn_module_property_static_shapes = False
         self.train_forward = torch.compile(self.model) if t.compile else self.model
         self.first_step_s: float | None = None  # this process's first step (a compiled run compiles there)
+        self.probe_time_s = 0.0  # this process's seconds in events' probe passes
         if t.tf32:  # validated: CUDA only
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.optimizer = build_optimizer(self.model, config)
@@ -188,8 +193,12 @@ class Trainer:
         return self.corpora[self.current_corpus]
 
     def probe_loss(self) -> float:
-        """Loss on the current corpus's fixed probe batch: what an event disrupts."""
-        return self.evaluator.probe_loss(self.current_corpus)
+        """Loss on the current corpus's fixed probe batch: what an event disrupts. Its time is a
+        measurement, like evaluation, and is kept out of training time (``probe_time_s``)."""
+        started = time.perf_counter()
+        loss = self.evaluator.probe_loss(self.current_corpus)
+        self.probe_time_s += time.perf_counter() - started
+        return loss
 
     def precision(self) -> contextlib.AbstractContextManager:
         """The training forward's autocast (``trainer.autocast``): bfloat16 matmuls, float32
@@ -201,14 +210,18 @@ class Trainer:
         """Train to ``trainer.steps`` (from the checkpoint's step after a resume); then finish. The
         run folder is released at the end, however the run ends."""
         try:
-            self._train()
+            for _ in self.train_steps():
+                pass
             for strategy, ctx in self._hooked():
                 strategy.on_train_end(ctx)
             return self.finish()
         finally:
             self.folder.release()
 
-    def _train(self) -> None:
+    def train_steps(self) -> Iterator[int]:
+        """Train to ``trainer.steps``, yielding after each step its number: ``fit`` runs it to the
+        end; ``apoptosis bench`` advances several trainers in turn, a few steps each, so that a
+        noisy machine's drift hits them alike. Closing it early leaves the run as after that step."""
         t = self.config.trainer
         if any(strategy.uses_fitness for strategy, _ in self._hooked()):
             self.fitness.attach()
@@ -225,6 +238,7 @@ class Trainer:
                 while self.step < t.steps:
                     self._train_step()
                     progress.update(task, completed=self.step, **progress_fields(self.totals))
+                    yield self.step
             finally:
                 self.progress = None
                 self.fitness.detach()
@@ -290,7 +304,7 @@ class Trainer:
         if self.phases.ends_at(self.step) and self.on_phase_end:  # the phase as its last step trained it,
             self.on_phase_end(self.phases.phase_of(self.step))  # before this step's events, as evaluation
 
-        started = time.perf_counter()
+        started, probed = time.perf_counter(), self.probe_time_s
         try:
             for strategy, ctx in self._hooked():
                 strategy.on_step_end(ctx)  # events: their effect is in events.jsonl, per layer
@@ -301,7 +315,8 @@ class Trainer:
             raise
         if pauses:
             self._synchronize()
-        elapsed += time.perf_counter() - started  # surgery is training time; evaluation is not
+        elapsed += time.perf_counter() - started - (self.probe_time_s - probed)  # surgery is training time;
+        # evaluation and the events' probe passes (measurements) are not
         if self.first_step_s is None:
             self.first_step_s = elapsed
         tot.train_time_s += elapsed
