@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from apoptosis.training import Trainer
+from apoptosis.training.run_folder import RunFolder
 from tests.conftest import tiny_run_config
 from tests.test_cli import run_main
 
@@ -59,6 +60,8 @@ def test_a_compiled_run_with_activation_hooks_after_one_without_still_runs_them(
 def test_fused_adamw_matches_through_surgery_and_bf16_autocast_stays_close(tmp_path) -> None:
     config = tiny_run_config(tmp_path, steps=30, strategy="standard", interval=10, maturity=0)
     config.trainer.log_interval = 1
+    assert config.trainer.fused_adamw  # the default
+    config.trainer.fused_adamw = False
     plain = train_losses(config, tmp_path / "plain")
     config.trainer.fused_adamw = True
     fused = train_losses(config, tmp_path / "fused")
@@ -95,6 +98,7 @@ def test_training_the_default_corpus_loads_no_analysis_library(tmp_path) -> None
 import sys
 from apoptosis.core.config import ModelConfig, RunConfig
 from apoptosis.training import Trainer
+from apoptosis.training.run_folder import RunFolder
 config = RunConfig()
 config.model = ModelConfig(n_layer=1, n_head=2, d_model=16, d_ff=32, block_size=16)
 t = config.trainer
@@ -123,6 +127,7 @@ def test_a_run_without_plots_writes_its_results_and_no_figure(tmp_path) -> None:
 import sys
 from apoptosis.core.config import ModelConfig, RunConfig
 from apoptosis.training import Trainer
+from apoptosis.training.run_folder import RunFolder
 config = RunConfig()
 config.model = ModelConfig(n_layer=1, n_head=2, d_model=16, d_ff=32, block_size=16)
 t = config.trainer
@@ -165,3 +170,24 @@ def test_the_train_command_draws_its_figures_after_training_in_a_new_process(tmp
     assert run_plots.main([str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "figures failed" in err
+
+
+def test_a_checkpoint_saved_before_fused_adamw_existed_resumes_unfused_and_exact(tmp_path) -> None:
+    """Fused AdamW is the default now; a run whose checkpoint predates the option trained with the
+    plain kernel and resumes with it, bit for bit (the optimizer's saved state names its kernel)."""
+    import torch
+
+    config = tiny_run_config(tmp_path, steps=30, strategy="standard", interval=10, maturity=0)
+    config.trainer.log_interval = 1
+    config.trainer.fused_adamw = False
+    straight = train_losses(config, tmp_path / "straight")
+    with pytest.raises(Killed):
+        Trainer(config, tmp_path / "old", show_progress=False, on_evaluate=killed_at_step_20).fit()
+    checkpoint_path = RunFolder(tmp_path / "old").checkpoint
+    checkpoint = torch.load(checkpoint_path, weights_only=False)
+    del checkpoint["config"]["trainer"]["fused_adamw"]  # as written before the option
+    torch.save(checkpoint, checkpoint_path)
+    resumed = train_losses(config, tmp_path / "old", resume=True)
+    pd.testing.assert_series_equal(resumed, straight, check_exact=True)
+    weights = [torch.load(RunFolder(tmp_path / name).checkpoint, weights_only=False)["model"] for name in ("old", "straight")]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])  # the fused kernel differs in the last bits

@@ -86,7 +86,7 @@ class TrainerConfig:
     device: str = "cpu"
     tensorboard: bool = False  # also write TensorBoard scalars and age histograms to RUN/tensorboard/
     compile: bool = False  # torch.compile the training forward and backward (recompiled after a change of shape)
-    fused_adamw: bool = False  # AdamW's fused kernel (CUDA, and CPU): one kernel for every parameter's update
+    fused_adamw: bool = True  # AdamW's fused kernel (CPU and CUDA): one kernel for every parameter's update
     tf32: bool = False  # CUDA only: TensorFloat-32 matmuls and convolutions
     autocast: str = "none"  # "bf16": the training forward in bfloat16 autocast (weights and optimizer stay float32)
     event_probes: str = "layers"  # probe loss around every layer of an event, the whole "event", or "off"
