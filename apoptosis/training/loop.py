@@ -9,7 +9,6 @@ Its neighbours do the rest: ``run_folder`` (files), ``checkpoint`` (exact resume
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import shutil
@@ -39,6 +38,7 @@ from apoptosis.training.progress import PROGRESS_COLUMNS, progress_fields
 from apoptosis.training.run_checks import not_learning, warn, why_no_events
 from apoptosis.training.run_folder import METRIC_COLUMNS, RunFolder
 from apoptosis.training.schedule import build_optimizer, lr_at
+from apoptosis.training.speed_options import precision, training_forward
 from apoptosis.training.summary import run_summary
 from apoptosis.training.totals import RunTotals
 
@@ -117,19 +117,9 @@ class Trainer:
         )
 
         self.model = GPT(config.model).to(self.device)
-        # The training step's forward: compiled, it shares the model's parameters, so surgery and the
-        # optimizer see one set of tensors. A change of shape (growth, shrinkage) makes torch recompile
-        # it once, with the widths as dynamic sizes from then on; by default torch would hold weights
-        # static, recompile at every new width and fall back to eager after eight.
-        if t.compile:
-            torch._dynamo.config.skip_nnmodule_hook_guards = False  # hooks added later (cbp, redo) recompile
-            torch._dynamo.config.force_parameter_static_shapes = False
-            torch._dynamo.config.force_nn_module_property_static_shapes = False
-        self.train_forward = torch.compile(self.model) if t.compile else self.model
+        self.train_forward = training_forward(self.model, t)
         self.first_step_s: float | None = None  # this process's first step (a compiled run compiles there)
         self.probe_time_s = 0.0  # this process's seconds in events' probe passes
-        if t.tf32:  # validated: CUDA only
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.optimizer = build_optimizer(self.model, config)
         self.lineage = Lineage.founders(self.model.mlp_widths())
         self.fitness = FitnessTracker(self.model, config.fitness.metric, config.fitness.ema_decay, seed=t.seed + 3)
@@ -200,12 +190,6 @@ class Trainer:
         self.probe_time_s += time.perf_counter() - started
         return loss
 
-    def precision(self) -> contextlib.AbstractContextManager:
-        """The training forward's autocast (``trainer.autocast``): bfloat16 matmuls, float32
-        weights, gradients and optimizer state."""
-        enabled = self.config.trainer.autocast == "bf16"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
-
     def fit(self) -> dict[str, Any]:
         """Train to ``trainer.steps`` (from the checkpoint's step after a resume); then finish. The
         run folder is released at the end, however the run ends."""
@@ -257,7 +241,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x, y = self.data.batch("train", t.batch_size, self.generators["batches"], self.device)
-        with self.precision():
+        with precision(self.device, t):
             _, loss = self.train_forward(x, y)
         self.totals.add_loss(loss.detach())  # on the device: read once per metrics row
         for strategy, ctx in self._hooked():
