@@ -191,3 +191,25 @@ def test_a_checkpoint_saved_before_fused_adamw_existed_resumes_unfused_and_exact
     pd.testing.assert_series_equal(resumed, straight, check_exact=True)
     weights = [torch.load(RunFolder(tmp_path / name).checkpoint, weights_only=False)["model"] for name in ("old", "straight")]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])  # the fused kernel differs in the last bits
+
+
+def test_a_compiled_run_that_grows_many_times_recompiles_once(tmp_path, monkeypatch) -> None:
+    """Torch holds weights' shapes static by default: every new width would recompile, and after
+    eight the step would silently run eager. The trainer makes widths dynamic at the first change."""
+    import functools
+
+    import torch
+    from torch._dynamo.testing import CompileCounter
+
+    from apoptosis.training import speed_options
+
+    counter = CompileCounter()  # a backend that counts the graphs it is given, and runs them as they are
+    monkeypatch.setattr(speed_options.torch, "compile", functools.partial(torch.compile, backend=counter))
+    torch._dynamo.reset()
+    config = tiny_run_config(tmp_path, steps=26, strategy="growth_only", interval=2, growth_rate=0.05)
+    config.trainer.log_interval = 1
+    config.trainer.compile = True
+    Trainer(config, tmp_path / "run", show_progress=False).fit()
+    widths = pd.read_csv(tmp_path / "run" / "metrics.csv")["neurons"]
+    assert widths.nunique() >= 10  # more new widths than torch's cache of eight
+    assert counter.frame_count == 2  # the first width, then one graph with the widths dynamic
