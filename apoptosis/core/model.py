@@ -293,12 +293,14 @@ class GPT(nn.Module):
 
         The exponential race: argmax of p_i / E_i with E_i ~ Exp(1) picks i with probability p_i,
         as ``torch.multinomial`` does, without the input checks that cost more than the draw."""
-        logits = logits / max(temperature, 1e-6)
+        if temperature != 1.0:
+            logits = logits / max(temperature, 1e-6)
         if top_k is not None:
             v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
             logits[logits < v[:, [-1]]] = -float("inf")
-        device = generator.device if generator is not None else logits.device
-        probs = F.softmax(logits, dim=-1).to(device)
+        probs = F.softmax(logits, dim=-1)
+        if generator is not None and generator.device != probs.device:
+            probs = probs.to(generator.device)
         race = torch.empty_like(probs).exponential_(1.0, generator=generator).clamp_min_(torch.finfo(probs.dtype).tiny)
         return (probs / race).argmax(dim=-1, keepdim=True), torch.isfinite(probs).all()
 
