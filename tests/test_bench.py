@@ -8,7 +8,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 
 from apoptosis.analysis.bench import paired_ratio
 from apoptosis.cli.main import main
@@ -23,7 +22,6 @@ def test_bench_writes_every_figure_to_json(tmp_path: Path, monkeypatch) -> None:
             "--set", f"data.path={data}"]  # fmt: skip
     monkeypatch.setattr(sys, "argv", args)
     monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # main replaces it
-    torch._dynamo.reset()  # code compiled by earlier tests would serve the grown model without recompiling
     with pytest.raises(SystemExit) as exited:
         main()
     assert exited.value.code in (0, None)
@@ -44,12 +42,17 @@ def test_bench_writes_every_figure_to_json(tmp_path: Path, monkeypatch) -> None:
     assert figures["throughput_ratio"] == pytest.approx(paired_ratio(runs, "standard", "none"))
 
 
-def test_bench_refuses_an_empty_round(capsys, monkeypatch) -> None:
-    monkeypatch.setattr(sys, "argv", ["apoptosis", "bench", "--rounds", "0"])
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--rounds", "0"], "--rounds and --segment must be >= 1, got 0 and 100"),
+     (["--strategy", "none"], "--strategy must name a strategy other than none")],
+)  # fmt: skip
+def test_bench_refuses_what_it_cannot_measure(args, message, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["apoptosis", "bench", *args])
     with pytest.raises(SystemExit) as exited:
         main()
     assert exited.value.code == 2
-    assert "--rounds and --segment must be >= 1, got 0 and 100" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_ratios_are_paired_by_round_so_a_drifting_machine_cancels() -> None:

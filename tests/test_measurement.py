@@ -275,3 +275,52 @@ def test_probe_passes_are_measurement_not_training_time(tmp_path, monkeypatch) -
     assert trainer.totals.events == 1
     assert trainer.probe_time_s >= 0.9
     assert trainer.totals.train_time_s < trainer.probe_time_s  # 20 tiny steps take far less than the probes
+
+
+def test_two_cohorts_track_fresh_adamw_on_every_neuron_tensor_through_their_coming_of_age() -> None:
+    """With beta1 0.5 and beta2 0.6 a neuron is young for 32 updates. Two cohorts born 15 steps
+    apart, followed for 60 steps (both grow up, so the young set is found again), keep every row
+    of ``fc.weight``, ``fc.bias`` and ``proj.weight`` equal to what a fresh AdamW started at their
+    birth makes of the same gradients; the founders' rows are left to the tensor's AdamW."""
+    config = RunConfig()
+    t = config.trainer
+    t.beta1, t.beta2, t.weight_decay = 0.5, 0.6, 0.1
+    c = make_colony(run_config=config)
+    c.train_steps(10)
+    pop = c.populations[0]
+    tensors = [(pop.mlp.fc.weight, 0, 0.1), (pop.mlp.fc.bias, 0, 0.0), (pop.mlp.proj.weight, 1, 0.1)]
+    g = torch.Generator().manual_seed(5)
+    cohorts = []
+
+    def born(slots: torch.Tensor, step: int) -> None:
+        incoming = torch.randn(len(slots), pop.mlp.fc.in_features + 1, generator=g) * 0.02
+        outgoing = torch.randn(len(slots), pop.mlp.proj.out_features, generator=g) * 0.02
+        pop.replace(slots, incoming, outgoing, step=step, parents=[()] * len(slots), cause="test")
+        fresh = [torch.nn.Parameter(p.detach().index_select(d, slots).clone()) for p, d, _ in tensors]
+        groups = [{"params": [q], "weight_decay": wd} for q, (_, _, wd) in zip(fresh, tensors, strict=True)]
+        cohorts.append((slots, fresh, torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))))
+
+    batches = torch.Generator().manual_seed(6)
+    vocab, T = c.model.config.vocab_size, c.model.config.block_size
+    for step in range(10, 70):
+        if step in (10, 25):
+            born(torch.arange(4) + (0 if step == 10 else 4), step)
+        x = torch.randint(vocab, (4, T), generator=batches)
+        _, loss = c.model(x, x)
+        loss.backward()
+        for slots, fresh, _ in cohorts:
+            for q, (p, d, _) in zip(fresh, tensors, strict=True):
+                q.grad = p.grad.index_select(d, slots).clone()
+        founders_before = pop.mlp.fc.weight.detach()[8:].clone()
+        for p in c.populations:
+            p.updates.before_step()
+        c.optimizer.step()
+        for p in c.populations:
+            p.updates.after_step()
+        c.optimizer.zero_grad(set_to_none=True)
+        for slots, fresh, optimizer in cohorts:
+            optimizer.step()
+            for q, (p, d, _) in zip(fresh, tensors, strict=True):
+                torch.testing.assert_close(p.detach().index_select(d, slots), q.detach(), rtol=1e-5, atol=1e-6)
+        assert not torch.equal(pop.mlp.fc.weight.detach()[8:], founders_before)
+    assert len(pop.updates.young()) == 0  # both cohorts grew up (steps 42 and 57)

@@ -98,7 +98,6 @@ def test_training_the_default_corpus_loads_no_analysis_library(tmp_path) -> None
 import sys
 from apoptosis.core.config import ModelConfig, RunConfig
 from apoptosis.training import Trainer
-from apoptosis.training.run_folder import RunFolder
 config = RunConfig()
 config.model = ModelConfig(n_layer=1, n_head=2, d_model=16, d_ff=32, block_size=16)
 t = config.trainer
@@ -127,7 +126,6 @@ def test_a_run_without_plots_writes_its_results_and_no_figure(tmp_path) -> None:
 import sys
 from apoptosis.core.config import ModelConfig, RunConfig
 from apoptosis.training import Trainer
-from apoptosis.training.run_folder import RunFolder
 config = RunConfig()
 config.model = ModelConfig(n_layer=1, n_head=2, d_model=16, d_ff=32, block_size=16)
 t = config.trainer
@@ -189,8 +187,12 @@ def test_a_checkpoint_saved_before_fused_adamw_existed_resumes_unfused_and_exact
     torch.save(checkpoint, checkpoint_path)
     resumed = train_losses(config, tmp_path / "old", resume=True)
     pd.testing.assert_series_equal(resumed, straight, check_exact=True)
-    weights = [torch.load(RunFolder(tmp_path / name).checkpoint, weights_only=False)["model"] for name in ("old", "straight")]
-    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])  # the fused kernel differs in the last bits
+    saved = torch.load(checkpoint_path, weights_only=False)["config"]["trainer"]
+    assert saved["fused_adamw"] is False  # the resumed run's config names the kernel it ran
+    old, plain = (
+        torch.load(RunFolder(tmp_path / name).checkpoint, weights_only=False)["model"] for name in ("old", "straight")
+    )
+    assert all(torch.equal(old[key], plain[key]) for key in plain)  # fused would differ in the last bits
 
 
 def test_a_compiled_run_that_grows_many_times_recompiles_once(tmp_path, monkeypatch) -> None:

@@ -1,12 +1,14 @@
 """``apoptosis bench``: what a strategy costs in throughput, measured side by side.
 
-Runs of ``none`` and the strategy, eager and compiled (``trainer.compile``), alternate under one
-config, so drift of a noisy machine hits all of them; the ratios, paired by round (each round's
-ratio, then their median), are the result.
-Tokens/s leave out each run's first step, where a compiled run compiles (reported apart).
-Training time includes the fitness hooks and every event. The model's FLOP/s is also set
-against the float32 matmul FLOP/s this machine reaches, to show how far from the hardware the
-small model runs. Sampling is timed with and without the key/value cache, alternating too.
+Runs of ``none`` and the strategy, eager and compiled (``trainer.compile``), live in one process
+and train in turn, a segment at a time, so drift of a noisy machine hits all of them; the ratios,
+paired by round (each round's ratio, then their median), are the result. The first round, where
+compiled runs compile, is left out (the compile time is reported apart). Training time includes
+the fitness reads and every event's surgery, not its probe passes (measurements, like
+evaluation). After the rounds, the compiled code is dropped and the compiled ``none`` run grows
+twice, to time a recompilation alone. The model's FLOP/s is set against the float32 matmul FLOP/s
+this machine reaches; sampling is timed with and without the key/value cache, alternating too.
+The peak memory is the bench process's: four trainers, the compiler and sampling.
 """
 
 from __future__ import annotations
@@ -126,13 +128,17 @@ class _Segments:
         self.trainer.folder.release()
 
 
-GROWTH_STEPS = 4  # the compiled ``none`` run's steps after the rounds: two growths, each between two steps
+GROWTH_STEPS = 6  # the compiled ``none`` run's steps after the rounds: one to compile afresh, two growths each
+# between two timed steps, and a last one (which would evaluate and save) never taken
 
 
 def growth_recompile_s(run: _Segments) -> list[float]:
     """Seconds the step after a growth (one neuron per layer) takes beyond the step before it, for
-    two growths in turn: torch recompiles the compiled step at the first new width and from then
-    on treats the width as a dynamic size, so later growths cost little."""
+    two growths in turn. Compiled code is per function, not per model, so the other compiled run
+    may have made widths dynamic already: it is dropped first, and a step compiles afresh. torch
+    then recompiles at the first new width and treats widths as dynamic sizes from there on."""
+    torch._dynamo.reset()
+    run.timed_step()
     costs = []
     for _ in range(2):
         steady = run.timed_step()

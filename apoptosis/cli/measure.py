@@ -30,6 +30,8 @@ def bench(
 
     if rounds < 1 or segment < 1:
         raise ApoptosisError(f"--rounds and --segment must be >= 1, got {rounds} and {segment}")
+    if strategy == "none":
+        raise ApoptosisError("--strategy must name a strategy other than none, which it is measured against")
     config = build_config(None, strategy, None, None, None, None, None, set_)
     result = run_bench(config, strategy=strategy, rounds=rounds, segment=segment, console=console)
     print_bench(result, console)

@@ -173,6 +173,8 @@ class FitnessTracker:
             return
         mlps = self.mlps
         layers = [layer for layer, mlp in enumerate(mlps) if mlp.proj.weight.grad is not None]
+        if not layers:
+            return
         values = [self.metric.weight_grad_value(mlps[layer]) for layer in layers]
         # Every layer's moving average in four list operations (``_update``'s, batched): at this
         # size each small operation costs more than its arithmetic.

@@ -130,7 +130,7 @@ class OnePositionDecoder:
         c = model.config
         self.heads, self.head_dim = c.n_head, c.d_model // c.n_head
         self.scale = 1.0 / math.sqrt(self.head_dim)
-        self.wte, self.wpe = model.wte.weight, model.wpe.weight
+        self.wte, self.wpe, self.head = model.wte.weight, model.wpe.weight, model.head.weight
         self.final_norm = (model.ln_f.weight, model.ln_f.bias, model.ln_f.eps)
         self.blocks = [
             (
@@ -157,7 +157,7 @@ class OnePositionDecoder:
             x = x + F.linear(y.view(B, C), out_w, out_b)
             hidden = act(F.linear(F.layer_norm(x, (C,), *ln_2), fc_w, fc_b)) * mask  # (B, width)
             x = x + F.linear(hidden, proj_w, proj_b)
-        return F.linear(F.layer_norm(x, (C,), *self.final_norm), self.wte)  # the head is tied to wte
+        return F.linear(F.layer_norm(x, (C,), *self.final_norm), self.head)
 
 
 class GPT(nn.Module):
@@ -297,7 +297,7 @@ class GPT(nn.Module):
             logits = logits / max(temperature, 1e-6)
         if top_k is not None:
             v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-            logits[logits < v[:, [-1]]] = -float("inf")
+            logits = logits.masked_fill(logits < v[:, [-1]], -float("inf"))
         probs = F.softmax(logits, dim=-1)
         if generator is not None and generator.device != probs.device:
             probs = probs.to(generator.device)

@@ -18,8 +18,11 @@ and the rows get ``m * (A / (r + eps c_t) - B / (r + eps c_a))`` added, ``A`` an
 per (beta1, beta2), and a layer's three neuron tensors are corrected as one matrix, because at
 this size every small operation costs more than its arithmetic.
 
-Neurons whose correction no longer differs from the tensor's (beta2^a below 1e-7) stop being
-young, so the hot loop does nothing once newborns have grown up. Founders are never young. Only
+Neurons whose correction no longer differs from the tensor's (beta1^a and beta2^a below 1e-7)
+stop being young, so the hot loop does nothing once newborns have grown up; by the same bound the
+tables end at that age, and a tensor older than it reads their last entry. Founders are never
+young. On a GPU the fused optimizer keeps its step count on the device: the hot loop never reads
+it on the host (only surgery does), so a step does not wait for the GPU. Only
 ``torch.optim.AdamW`` (and ``Adam`` without weight decay) is corrected; other optimizers are left
 as they are.
 
@@ -36,7 +39,7 @@ from typing import Any
 
 import torch
 
-YOUNG_UNTIL = 1e-7  # a neuron is young while beta2 ** age is above this
+YOUNG_UNTIL = 1e-7  # a neuron is young while beta1 ** age or beta2 ** age is above this
 NeuronTensor = tuple[torch.nn.Parameter, int]  # a tensor holding one slice per neuron, and that dimension
 
 
@@ -48,8 +51,12 @@ class NeuronUpdates:
         self.born_at = torch.zeros(width, dtype=torch.long)  # optimizer step of the last moment reset
         self._groups: dict[int, dict[str, Any] | None] = {}  # id(param) -> its AdamW group
         self._before: list[torch.Tensor] | None = None
-        self._young: torch.Tensor | None = None
-        self._young_until: tuple[torch.Tensor, float] | None = None  # young slots, and the step they last to
+        self._young: torch.Tensor | None = None  # the young slots of the step under way
+        # The young slots (None: to be found), their birth steps on the tensors' device, and the
+        # optimizer steps left before the first of them grows up (counted down by ``after_step``).
+        self._young_slots: torch.Tensor | None = None
+        self._young_born = torch.zeros(0, dtype=torch.long)
+        self._young_left = 0.0
 
     # --- what surgery tells it ----------------------------------------------------------------
 
@@ -63,13 +70,13 @@ class NeuronUpdates:
         """Moments of ``slots`` were just reset: their bias correction starts again, unprotected."""
         self.born_at[slots] = self.optimizer_step()
         self.scale[slots] = 1.0
-        self._young_until = None
+        self._young_slots = None
 
     def inherit(self, children: torch.Tensor, parents: torch.Tensor) -> None:
         """Children that took their parents' moments also take their age and protection."""
         self.born_at[children] = self.born_at[parents]
         self.scale[children] = self.scale[parents]
-        self._young_until = None
+        self._young_slots = None
 
     def resize(self, along_neurons: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
         """Apply the population's resize (index_select, or append zeros) to the per-neuron state;
@@ -77,7 +84,7 @@ class NeuronUpdates:
         old = len(self.scale)
         self.scale = along_neurons(self.scale, 0)
         self.born_at = along_neurons(self.born_at, 0)
-        self._young_until = None
+        self._young_slots = None
         if len(self.scale) > old:
             self.reborn(torch.arange(old, len(self.scale)))
 
@@ -85,7 +92,8 @@ class NeuronUpdates:
         """The optimizer's state was cleared: every neuron's bias correction restarts with its
         tensor's, so none is young."""
         self.born_at.zero_()
-        self._young_until = None
+        self._young_slots = None
+        self._groups.clear()
 
     def protect(self, slots: torch.Tensor, factor: float) -> None:
         if not 0.0 <= factor <= 1.0:
@@ -97,19 +105,23 @@ class NeuronUpdates:
         return self.scale < 1.0
 
     def young(self) -> torch.Tensor:
-        """Slots whose Adam bias correction still differs from their tensor's (kept until surgery
-        changes a neuron's age or the first of them grows up)."""
-        step = self.optimizer_step()
-        if self._young_until is not None and step < self._young_until[1]:
-            return self._young_until[0]
+        """Slots whose Adam bias correction still differs from their tensor's. Found once per
+        surgery or coming of age (reading the optimizer's step count), then kept."""
+        if self._young_slots is None or self._young_left <= 0:
+            self._find_young()
+        assert self._young_slots is not None
+        return self._young_slots
+
+    def _find_young(self) -> None:
         adam = self._adam_group()
-        if adam is None:
-            return torch.empty(0, dtype=torch.long)
-        limit = _youth(adam["betas"][1])
-        young = ((self.born_at > 0) & ((step - self.born_at) < limit)).nonzero().squeeze(1)
-        until = int(self.born_at[young].min()) + limit if len(young) else math.inf  # none until surgery
-        self._young_until = (young, until)
-        return young
+        slots, left = torch.empty(0, dtype=torch.long), math.inf  # none until surgery
+        if adam is not None:
+            step, youth = self.optimizer_step(), _youth(*adam["betas"])
+            slots = ((self.born_at > 0) & ((step - self.born_at) < youth)).nonzero().squeeze(1)
+            if len(slots):
+                left = int(self.born_at[slots].min()) + youth - step
+        self._young_slots, self._young_left = slots, left
+        self._young_born = self.born_at[slots].to(self.tensors()[0][0].device)
 
     # --- around the optimizer step ------------------------------------------------------------
 
@@ -125,6 +137,7 @@ class NeuronUpdates:
 
     @torch.no_grad()
     def after_step(self) -> None:
+        self._young_left -= 1
         if self._young is not None:
             self._correct_young(self._young)
         if self._before is not None:
@@ -143,14 +156,20 @@ class NeuronUpdates:
         settings = ("lr", "betas", "eps")
         if any(any(g[k] != adam[k] for k in settings) for g in groups if g is not None):  # never in our trainer
             raise ValueError("per-neuron bias correction needs one lr, betas and eps for a layer's neuron tensors")
-        step, device = int(self.optimizer.state[tensors[0][0]]["step"]), tensors[0][0].device
-        index = young.to(device)
+        device = tensors[0][0].device
+        index, born = young.to(device), self._young_born
         (beta1, beta2), lr, eps = adam["betas"], adam["lr"], adam["eps"]
-        root_correction = math.sqrt(1 - beta2**step)
-        made_scale, made_eps = lr * root_correction / (1 - beta1**step), eps * root_correction
-        own_ratio, own_root = _age_tables(beta1, beta2, device)
-        age = (step - self.born_at[young]).to(device)
-        own_scale, own_eps = own_ratio[age].mul_(lr), own_root[age].mul_(eps)  # (young,) each
+        ratio, root = _age_tables(beta1, beta2, device)
+        youth = len(ratio) - 1
+        step = self.optimizer.state[tensors[0][0]]["step"]  # on the host, or the GPU's count: never read there
+        if step.device.type == "cpu":
+            step = int(step)
+            made = min(step, youth)
+        else:
+            made = step.clamp(max=youth).long()
+        made_scale, made_eps = ratio[made] * lr, root[made] * eps  # the tensor's step: lr c / (1 - beta1^t), eps c
+        age = (step - born).clamp_(1, youth).long()  # (young,)
+        own_scale, own_eps = ratio[age].mul_(lr), root[age].mul_(eps)  # (young,) each
 
         # A layer's young rows side by side, neurons first: (young, columns of every tensor).
         def rows(values: list[torch.Tensor]) -> torch.Tensor:
@@ -164,7 +183,7 @@ class NeuronUpdates:
         made = (root_v + made_eps).reciprocal_().mul_(made_scale)
         own = own_scale.unsqueeze(1) / (root_v + own_eps.unsqueeze(1))
         delta = m.mul_(made.sub_(own))
-        widths = [param[0].numel() if dim == 0 else param.size(0) for param, dim in tensors]
+        widths = [param.numel() // param.size(dim) for param, dim in tensors]
         for (param, dim), part in zip(tensors, delta.split(widths, dim=1), strict=True):
             shape = [len(young), *(n for i, n in enumerate(param.shape) if i != dim)]
             param.detach().index_add_(dim, index, part.reshape(shape).movedim(0, dim))
@@ -199,7 +218,8 @@ class NeuronUpdates:
     def load_state_dict(self, state: dict[str, torch.Tensor] | torch.Tensor) -> None:
         """A dict, or a bare scale tensor from checkpoints written before bias correction was
         per neuron (their neurons count as founders)."""
-        self._young_until = None
+        self._young_slots = None
+        self._groups.clear()  # a restored optimizer holds new group dicts
         if isinstance(state, torch.Tensor):
             self.scale = state.clone()
             self.born_at = torch.zeros(len(state), dtype=torch.long)
@@ -209,16 +229,17 @@ class NeuronUpdates:
 
 
 @functools.cache
-def _youth(beta2: float) -> int:
+def _youth(beta1: float, beta2: float) -> int:
     """Updates after which a neuron's Adam bias correction no longer differs from its tensor's."""
-    return math.ceil(math.log(YOUNG_UNTIL) / math.log(beta2)) if 0 < beta2 < 1 else 0
+    slowest = max(beta1, beta2)
+    return math.ceil(math.log(YOUNG_UNTIL) / math.log(slowest)) if 0 < slowest < 1 else 1
 
 
 @functools.cache
 def _age_tables(beta1: float, beta2: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """By age a (updates since birth, 0 .. youth): ``sqrt(1 - beta2^a) / (1 - beta1^a)`` and
-    ``sqrt(1 - beta2^a)``, float32 on ``device`` (computed in float64; age 0 is never read)."""
-    age = torch.arange(_youth(beta2) + 1, dtype=torch.float64).clamp_min(1)
+    """By age a (updates since the moments' reset, 0 .. youth): ``sqrt(1 - beta2^a) / (1 - beta1^a)``
+    and ``sqrt(1 - beta2^a)``, float32 on ``device`` (computed in float64; age 0 is never read)."""
+    age = torch.arange(_youth(beta1, beta2) + 1, dtype=torch.float64).clamp_min(1)
     root = (1 - beta2**age).sqrt()
     return (root / (1 - beta1**age)).to(device, torch.float32), root.to(device, torch.float32)
 

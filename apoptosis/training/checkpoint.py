@@ -82,6 +82,7 @@ def restore_checkpoint(run: CheckpointedRun, ckpt: dict[str, Any]) -> None:
     """Put the checkpoint's state into a run built from the checkpoint's config."""
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.config.trainer.fused_adamw = bool(run.optimizer.param_groups[0].get("fused"))  # the saved state's kernel
     run.strategy.load_state_dict(ckpt["strategy"])
     if run.follower is not None:
         run.follower.load_state_dict(ckpt["follower"])

@@ -38,7 +38,7 @@ from apoptosis.training.progress import PROGRESS_COLUMNS, progress_fields
 from apoptosis.training.run_checks import not_learning, warn, why_no_events
 from apoptosis.training.run_folder import METRIC_COLUMNS, RunFolder
 from apoptosis.training.schedule import build_optimizer, lr_at
-from apoptosis.training.speed_options import precision, training_forward
+from apoptosis.training.speed_options import apply_tf32, precision, training_forward
 from apoptosis.training.summary import run_summary
 from apoptosis.training.totals import RunTotals
 
@@ -118,6 +118,7 @@ class Trainer:
 
         self.model = GPT(config.model).to(self.device)
         self.train_forward = training_forward(self.model, t)
+        apply_tf32(t)
         self.first_step_s: float | None = None  # this process's first step (a compiled run compiles there)
         self.probe_time_s = 0.0  # this process's seconds in events' probe passes
         self.optimizer = build_optimizer(self.model, config)
@@ -185,6 +186,7 @@ class Trainer:
     def probe_loss(self) -> float:
         """Loss on the current corpus's fixed probe batch: what an event disrupts. Its time is a
         measurement, like evaluation, and is kept out of training time (``probe_time_s``)."""
+        self._synchronize()  # the step's queued GPU work is training time, not the probe's
         started = time.perf_counter()
         loss = self.evaluator.probe_loss(self.current_corpus)
         self.probe_time_s += time.perf_counter() - started

@@ -17,15 +17,19 @@ def training_forward(model: GPT, config: TrainerConfig) -> torch.nn.Module:
     model's parameters, so surgery and the optimizer see one set of tensors. A change of shape
     (growth, shrinkage) makes torch recompile it once, with the widths as dynamic sizes from then
     on; by default torch would hold weights static, recompile at every new width and fall back to
-    eager after eight."""
-    if config.tf32:  # validated: CUDA only
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    eager after eight. The three compiler settings this needs are torch's, for the whole process."""
     if not config.compile:
         return model
     torch._dynamo.config.skip_nnmodule_hook_guards = False  # hooks added later (cbp, redo) recompile
     torch._dynamo.config.force_parameter_static_shapes = False
     torch._dynamo.config.force_nn_module_property_static_shapes = False
     return torch.compile(model)
+
+
+def apply_tf32(config: TrainerConfig) -> None:
+    """``trainer.tf32`` (validated: CUDA only): TensorFloat-32 matmuls, for the whole process."""
+    if config.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
 
 def precision(device: torch.device, config: TrainerConfig) -> contextlib.AbstractContextManager:
