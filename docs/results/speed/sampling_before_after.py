@@ -2,7 +2,9 @@
 process: the default model (random weights: speed does not depend on them), 500 characters from
 one token, 5 alternating rounds, one thread. "before" is the generate of the code before the
 key/value cache (26130a8^), copied here: a full forward pass over the last block per token, the
-head on every position, softmax moved to the CPU and ``torch.multinomial``.
+head on every position, softmax moved to the CPU and ``torch.multinomial``. Then where the
+cached way's time goes: its three parts (encoding the context, one-position steps, sampling),
+each timed by wrapping it.
 
     .venv/bin/python docs/results/speed/sampling_before_after.py
 """
@@ -13,6 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from apoptosis.core import model as model_module
 from apoptosis.core.config import ModelConfig
 from apoptosis.core.model import GPT
 
@@ -45,6 +48,36 @@ def main() -> None:
     before = statistics.median(seconds["before (no cache)"])
     for name, times in seconds.items():
         print(f"{name}: {500 / statistics.median(times):,.0f} chars/s, {before / statistics.median(times):.2f}x before")
+    where_the_time_goes(model, start)
+
+
+def where_the_time_goes(model: GPT, start: torch.Tensor) -> None:
+    """Seconds of one cached generation of 500 characters in each of its three parts."""
+    spent = {"encoding the context": 0.0, "one-position steps": 0.0, "sampling": 0.0}
+
+    def timed(part: str, function):
+        def wrapper(*args, **kwargs):
+            began = time.perf_counter()
+            result = function(*args, **kwargs)
+            spent[part] += time.perf_counter() - began
+            return result
+
+        return wrapper
+
+    decoder = model_module.OnePositionDecoder
+    originals = (model.last_logits, decoder.step, GPT._sample)
+    model.last_logits = timed("encoding the context", originals[0])
+    decoder.step = timed("one-position steps", originals[1])
+    GPT._sample = staticmethod(timed("sampling", originals[2]))
+    try:
+        began = time.perf_counter()
+        model.generate(start, 500, generator=torch.Generator().manual_seed(0))
+        total = time.perf_counter() - began
+    finally:
+        del model.last_logits
+        decoder.step, GPT._sample = originals[1], staticmethod(originals[2])
+    parts = ", ".join(f"{part} {seconds:.3f} s" for part, seconds in spent.items())
+    print(f"cached, 500 chars: {total:.3f} s in all; {parts}")
 
 
 if __name__ == "__main__":
