@@ -4,6 +4,7 @@ last half."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from apoptosis.core.config import ModelConfig
@@ -133,3 +134,21 @@ def test_a_model_with_non_finite_weights_refuses_to_sample() -> None:
             model.generate(
                 torch.zeros(1, 1, dtype=torch.long), 4, generator=torch.Generator().manual_seed(0), use_cache=use_cache
             )
+
+
+def test_generation_with_active_dropout_goes_through_the_modules(monkeypatch) -> None:
+    """The one-position decoder has no dropout: a model in training mode with dropout samples
+    through the modules' forward, which applies it."""
+    from apoptosis.core.model import OnePositionDecoder
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, d_model=16, d_ff=32, block_size=8, vocab_size=11, dropout=0.5))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the decoder would skip dropout")
+
+    monkeypatch.setattr(OnePositionDecoder, "step", refuse)
+    out = model.train().generate(torch.zeros(1, 1, dtype=torch.long), 12, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 13)
+    with pytest.raises(AssertionError, match="skip dropout"):
+        model.eval().generate(torch.zeros(1, 1, dtype=torch.long), 12)  # eval: dropout is off, the decoder runs
