@@ -55,7 +55,7 @@ class NeuronUpdates:
         # The young slots (None: to be found), their birth steps on the tensors' device, and the
         # optimizer steps left before the first of them grows up (counted down by ``after_step``).
         self._young_slots: torch.Tensor | None = None
-        self._young_born = torch.zeros(0, dtype=torch.long)
+        self._young_index = self._young_born = torch.zeros(0, dtype=torch.long)  # both on the tensors' device
         self._young_left = 0.0
 
     # --- what surgery tells it ----------------------------------------------------------------
@@ -121,7 +121,8 @@ class NeuronUpdates:
             if len(slots):
                 left = int(self.born_at[slots].min()) + youth - step
         self._young_slots, self._young_left = slots, left
-        self._young_born = self.born_at[slots].to(self.tensors()[0][0].device)
+        device = self.tensors()[0][0].device
+        self._young_index, self._young_born = slots.to(device), self.born_at[slots].to(device)
 
     # --- around the optimizer step ------------------------------------------------------------
 
@@ -157,17 +158,17 @@ class NeuronUpdates:
         if any(any(g[k] != adam[k] for k in settings) for g in groups if g is not None):  # never in our trainer
             raise ValueError("per-neuron bias correction needs one lr, betas and eps for a layer's neuron tensors")
         device = tensors[0][0].device
-        index, born = young.to(device), self._young_born
+        index, born = self._young_index, self._young_born  # of ``young``, kept on the device
         (beta1, beta2), lr, eps = adam["betas"], adam["lr"], adam["eps"]
         ratio, root = _age_tables(beta1, beta2, device)
         youth = len(ratio) - 1
         step = self.optimizer.state[tensors[0][0]]["step"]  # on the host, or the GPU's count: never read there
         if step.device.type == "cpu":
             step = int(step)
-            made = min(step, youth)
+            tensor_age = min(step, youth)
         else:
-            made = step.clamp(max=youth).long()
-        made_scale, made_eps = ratio[made] * lr, root[made] * eps  # the tensor's step: lr c / (1 - beta1^t), eps c
+            tensor_age = step.clamp(max=youth).long()
+        made_scale, made_eps = ratio[tensor_age] * lr, root[tensor_age] * eps  # lr c / (1 - beta1^t), eps c
         age = (step - born).clamp_(1, youth).long()  # (young,)
         own_scale, own_eps = ratio[age].mul_(lr), root[age].mul_(eps)  # (young,) each
 
