@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from apoptosis.analysis.bench import paired_ratio
+from apoptosis.analysis.bench import paired_ratio, ratio_interval, verdict
 from apoptosis.cli.main import main
 from tests.conftest import TINY_TEXT
 from tests.test_run_safety import TINY
@@ -40,6 +40,9 @@ def test_bench_writes_every_figure_to_json(tmp_path: Path, monkeypatch) -> None:
     assert all(len(speeds) == 2 for speeds in runs.values())
     assert figures["compile_speedup"] == pytest.approx(paired_ratio(runs, "none compiled", "none"))
     assert figures["throughput_ratio"] == pytest.approx(paired_ratio(runs, "standard", "none"))
+    for key in ("throughput_ratio", "compile_speedup", "compiled_throughput_ratio"):
+        low, high = figures["ratio_intervals"][key]
+        assert 0 < low <= high  # two rounds: an interval, if a wide one
 
 
 @pytest.mark.parametrize(
@@ -61,3 +64,15 @@ def test_ratios_are_paired_by_round_so_a_drifting_machine_cancels() -> None:
     rounds (12 and 22, taken from different rounds) would read 1.83."""
     runs = {"none": [10.0, 20.0, 12.0], "none compiled": [11.0, 22.0, 30.0]}
     assert paired_ratio(runs, "none compiled", "none") == pytest.approx(1.1)
+
+
+def test_a_goal_is_judged_by_the_whole_interval_of_the_rounds_ratios() -> None:
+    """Rounds whose ratio is always 1.1 leave no doubt; rounds spread around 1.0 leave a goal of
+    0.98 undecided, one of 1.2 missed and one of 0.8 met."""
+    steady = {"a": [11.0, 22.0, 16.5], "b": [10.0, 20.0, 15.0]}
+    assert ratio_interval(steady, "a", "b") == pytest.approx((1.1, 1.1))
+    spread = {"a": [9.5, 10.5, 9.8, 10.3], "b": [10.0] * 4}
+    low, high = ratio_interval(spread, "a", "b")
+    assert 0.9 < low < 1.0 < high < 1.1
+    assert "cannot tell" in verdict((low, high), 0.98)
+    assert "misses" in verdict((low, high), 1.2) and "meets" in verdict((low, high), 0.8)

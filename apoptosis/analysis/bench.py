@@ -14,6 +14,7 @@ The peak memory is the bench process's: four trainers, the compiler and sampling
 from __future__ import annotations
 
 import copy
+import math
 import resource
 import statistics
 import tempfile
@@ -21,11 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from apoptosis.analysis.intervals import half_width
 from apoptosis.core.config import RunConfig, StrategyConfig
 from apoptosis.core.model import GPT
 from apoptosis.training import Trainer
@@ -101,6 +104,25 @@ def paired_ratio(tokens_per_s: dict[str, list[float]], a: str, b: str) -> float:
     """Median over rounds of ``a``'s tokens/s over ``b``'s in the same round: the machine's drift
     between rounds, which spreads one configuration's runs by 10-20%, cancels."""
     return statistics.median(x / y for x, y in zip(tokens_per_s[a], tokens_per_s[b], strict=True))
+
+
+def ratio_interval(tokens_per_s: dict[str, list[float]], a: str, b: str, level: float = 0.95) -> tuple[float, float]:
+    """The t interval of the rounds' ratio ``a`` / ``b``, taken on their logarithms (a ratio's own
+    scale): the noise within rounds that pairing leaves, so a goal is judged met or missed only
+    when the whole interval says so (nan bounds with one round)."""
+    logs = pd.Series([math.log(x / y) for x, y in zip(tokens_per_s[a], tokens_per_s[b], strict=True)])
+    centre, half = logs.mean(), half_width(logs, level)
+    return math.exp(centre - half), math.exp(centre + half)
+
+
+def verdict(interval: tuple[float, float], goal: float) -> str:
+    """``meets`` when the whole interval is at or above ``goal``, ``misses`` when it is below."""
+    low, high = interval
+    if low >= goal:
+        return "[green]meets[/]"
+    if high < goal:
+        return "[red]misses[/]"
+    return "[yellow]cannot tell at this noise (more --rounds):[/]"
 
 
 class _Segments:
@@ -200,6 +222,11 @@ def run_bench(config: RunConfig, strategy: str, rounds: int, segment: int, conso
         f"compiled_{strategy}_tokens_per_s": medians[f"{strategy} compiled"],
         "compile_speedup": paired_ratio(tokens_per_s, "none compiled", "none"),
         "compiled_throughput_ratio": paired_ratio(tokens_per_s, f"{strategy} compiled", "none compiled"),
+        "ratio_intervals": {  # 95%, per ratio above
+            "throughput_ratio": ratio_interval(tokens_per_s, strategy, "none"),
+            "compile_speedup": ratio_interval(tokens_per_s, "none compiled", "none"),
+            "compiled_throughput_ratio": ratio_interval(tokens_per_s, f"{strategy} compiled", "none compiled"),
+        },
         "compile_seconds": first_round_s["none compiled"] - segment_tokens / medians["none compiled"],
         "growth_recompile_seconds": growth_s,
         "sample_chars_per_s": sampling["cached"],
@@ -207,10 +234,6 @@ def run_bench(config: RunConfig, strategy: str, rounds: int, segment: int, conso
         "peak_rss_mb": peak_rss_mb(),
         "mfu": flops_per_token * medians["none"] / hardware,
     }
-
-
-def _verdict(met: bool) -> str:
-    return "[green]meets[/]" if met else "[red]misses[/]"
 
 
 def print_bench(result: dict[str, Any], console: Console) -> None:
@@ -225,17 +248,20 @@ def print_bench(result: dict[str, Any], console: Console) -> None:
         spread = f"{min(speeds):,.0f} - {max(speeds):,.0f}"
         table.add_row(name, f"{result['median_tokens_per_s'][name]:,.0f}", spread, f"{result['events'][name]}")
     console.print(table)
-    ratio = result["throughput_ratio"]
-    verdict = "[green]within[/]" if ratio >= 0.95 else "[red]outside[/]"
-    console.print(f"{s} params: {result['strategy_params']}; ratios below: the median of the rounds' ratios")
-    console.print(f"throughput ratio {s}/none: {ratio:.3f} ({verdict} the 5% budget: >= 0.950)")
-    speedup, compiled_ratio = result["compile_speedup"], result["compiled_throughput_ratio"]
+    intervals = result["ratio_intervals"]
+
+    def judged(key: str, goal: float, digits: str) -> str:
+        low, high = intervals[key]
+        return f"{result[key]:{digits}} (95% interval {low:{digits}}-{high:{digits}}; {verdict((low, high), goal)}"
+
+    console.print(f"{s} params: {result['strategy_params']}; ratios: the median of the rounds' ratios")
+    console.print(f"throughput ratio {s}/none: {judged('throughput_ratio', 0.95, '.3f')} the 5% budget: >= 0.950)")
     first, second = result["growth_recompile_seconds"]
     console.print(
-        f"compiled none/eager none: {speedup:.2f}x ({_verdict(speedup >= 1.2)} the goal >= 1.2x); compiled {s}/"
-        f"compiled none: {compiled_ratio:.3f} ({_verdict(compiled_ratio >= 0.98)} the goal >= 0.98); compiling "
-        f"took {result['compile_seconds']:.1f} s (in the first round, left out of tokens/s); a growth costs "
-        f"{first:.1f} s the first time (recompiling), {second:.2f} s the second (the width is then dynamic)"
+        f"compiled none/eager none: {judged('compile_speedup', 1.2, '.2f')} the goal >= 1.2x); compiled {s}/compiled "
+        f"none: {judged('compiled_throughput_ratio', 0.98, '.3f')} the goal >= 0.98); compiling took "
+        f"{result['compile_seconds']:.1f} s (in the first round, left out of tokens/s); a growth costs {first:.1f} s "
+        f"the first time (recompiling), {second:.2f} s the second (the width is then dynamic)"
     )
     console.print(
         f"model: {result['model_flops_per_token'] / 1e6:.2f} MFLOP/token -> {result['model_flops_per_s'] / 1e9:.2f} "
