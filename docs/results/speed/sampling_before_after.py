@@ -1,14 +1,16 @@
 """Sampling speed of ``GPT.generate`` against the algorithm it replaced, side by side in one
 process: the default model (random weights: speed does not depend on them), 500 characters from
-one token, 5 alternating rounds, one thread. "before" is the generate of the code before the
+one token, 5 alternating rounds, one thread unless ``--threads``. "before" is the generate of the code before the
 key/value cache (26130a8^), copied here: a full forward pass over the last block per token, the
 head on every position, softmax moved to the CPU and ``torch.multinomial``. Then where the
 cached way's time goes: its three parts (encoding the context, one-position steps, sampling),
 each timed by wrapping it.
 
-    .venv/bin/python docs/results/speed/sampling_before_after.py
+    .venv/bin/python docs/results/speed/sampling_before_after.py              # one thread
+    .venv/bin/python docs/results/speed/sampling_before_after.py --threads 2  # torch's default here
 """
 
+import argparse
 import statistics
 import time
 
@@ -30,7 +32,9 @@ def generate_before(model: GPT, idx: torch.Tensor, new: int, generator: torch.Ge
 
 
 def main() -> None:
-    torch.set_num_threads(1)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=1, help="torch's intra-op threads")
+    torch.set_num_threads(parser.parse_args().threads)
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=65)).eval()
     start = torch.zeros(1, 1, dtype=torch.long)
