@@ -138,7 +138,7 @@ def test_a_model_with_non_finite_weights_refuses_to_sample() -> None:
 
 def test_generation_with_active_dropout_goes_through_the_modules(monkeypatch) -> None:
     """The one-position decoder has no dropout: a model in training mode with dropout samples
-    through the modules' forward, which applies it."""
+    through the modules' forward (where dropout is applied), never through the decoder."""
     from apoptosis.core.model import OnePositionDecoder
 
     torch.manual_seed(0)

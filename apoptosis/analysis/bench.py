@@ -14,7 +14,6 @@ The peak memory is the bench process's: four trainers, the compiler and sampling
 from __future__ import annotations
 
 import copy
-import math
 import resource
 import statistics
 import tempfile
@@ -22,13 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from apoptosis.analysis.intervals import half_width
 from apoptosis.core.config import RunConfig, StrategyConfig
 from apoptosis.core.model import GPT
 from apoptosis.training import Trainer
@@ -106,23 +104,32 @@ def paired_ratio(tokens_per_s: dict[str, list[float]], a: str, b: str) -> float:
     return statistics.median(x / y for x, y in zip(tokens_per_s[a], tokens_per_s[b], strict=True))
 
 
-def ratio_interval(tokens_per_s: dict[str, list[float]], a: str, b: str, level: float = 0.95) -> tuple[float, float]:
-    """The t interval of the rounds' ratio ``a`` / ``b``, taken on their logarithms (a ratio's own
-    scale): the noise within rounds that pairing leaves, so a goal is judged met or missed only
-    when the whole interval says so (nan bounds with one round)."""
-    logs = pd.Series([math.log(x / y) for x, y in zip(tokens_per_s[a], tokens_per_s[b], strict=True)])
-    centre, half = logs.mean(), half_width(logs, level)
-    return math.exp(centre - half), math.exp(centre + half)
+MIN_ROUNDS_FOR_INTERVAL = 6  # the median's interval below needs at least this many rounds
 
 
-def verdict(interval: tuple[float, float], goal: float) -> str:
-    """``meets`` when the whole interval is at or above ``goal``, ``misses`` when it is below."""
-    low, high = interval
-    if low >= goal:
+def ratio_interval(
+    tokens_per_s: dict[str, list[float]], a: str, b: str, level: float = 0.95
+) -> tuple[float, float] | None:
+    """The ``level`` interval of the median of the rounds' ratios ``a`` / ``b`` (Hettmansperger and
+    Sheather's, free of any distribution, scipy's ``median_cihs``): around the median the bench
+    prints, and as little moved by one disturbed round. None below ``MIN_ROUNDS_FOR_INTERVAL``."""
+    from scipy.stats.mstats import median_cihs
+
+    ratios = np.array([x / y for x, y in zip(tokens_per_s[a], tokens_per_s[b], strict=True)])
+    if len(ratios) < MIN_ROUNDS_FOR_INTERVAL:
+        return None
+    low, high = median_cihs(ratios, alpha=1 - level)
+    return float(low), float(high)
+
+
+def verdict(interval: tuple[float, float] | None, goal: float) -> str:
+    """Whether a ratio meets ``goal`` (at or above it): ``meets`` or ``misses`` only when its whole
+    interval says so."""
+    if interval is not None and interval[0] >= goal:
         return "[green]meets[/]"
-    if high < goal:
+    if interval is not None and interval[1] < goal:
         return "[red]misses[/]"
-    return "[yellow]cannot tell at this noise (more --rounds):[/]"
+    return "[yellow]cannot tell (more --rounds) whether it meets[/]"
 
 
 class _Segments:
@@ -222,7 +229,7 @@ def run_bench(config: RunConfig, strategy: str, rounds: int, segment: int, conso
         f"compiled_{strategy}_tokens_per_s": medians[f"{strategy} compiled"],
         "compile_speedup": paired_ratio(tokens_per_s, "none compiled", "none"),
         "compiled_throughput_ratio": paired_ratio(tokens_per_s, f"{strategy} compiled", "none compiled"),
-        "ratio_intervals": {  # 95%, per ratio above
+        "ratio_intervals": {  # 95% intervals of the medians above (null below MIN_ROUNDS_FOR_INTERVAL rounds)
             "throughput_ratio": ratio_interval(tokens_per_s, strategy, "none"),
             "compile_speedup": ratio_interval(tokens_per_s, "none compiled", "none"),
             "compiled_throughput_ratio": ratio_interval(tokens_per_s, f"{strategy} compiled", "none compiled"),
@@ -251,15 +258,19 @@ def print_bench(result: dict[str, Any], console: Console) -> None:
     intervals = result["ratio_intervals"]
 
     def judged(key: str, goal: float, digits: str) -> str:
-        low, high = intervals[key]
-        return f"{result[key]:{digits}} (95% interval {low:{digits}}-{high:{digits}}; {verdict((low, high), goal)}"
+        interval = intervals[key]
+        shown = "no interval" if interval is None else f"95% interval {interval[0]:{digits}}-{interval[1]:{digits}}"
+        return f"{result[key]:{digits}} ({shown}): {verdict(interval, goal)}"
 
-    console.print(f"{s} params: {result['strategy_params']}; ratios: the median of the rounds' ratios")
-    console.print(f"throughput ratio {s}/none: {judged('throughput_ratio', 0.95, '.3f')} the 5% budget: >= 0.950)")
-    first, second = result["growth_recompile_seconds"]
     console.print(
-        f"compiled none/eager none: {judged('compile_speedup', 1.2, '.2f')} the goal >= 1.2x); compiled {s}/compiled "
-        f"none: {judged('compiled_throughput_ratio', 0.98, '.3f')} the goal >= 0.98); compiling took "
+        f"{s} params: {result['strategy_params']}; ratios: the median of the rounds' ratios, with the interval of "
+        f"that median (from {MIN_ROUNDS_FOR_INTERVAL} rounds on)"
+    )
+    console.print(f"throughput ratio {s}/none: {judged('throughput_ratio', 0.95, '.3f')} the 5% budget (>= 0.950)")
+    first, second = (max(seconds, 0.0) for seconds in result["growth_recompile_seconds"])  # timing noise: not < 0
+    console.print(
+        f"compiled none/eager none: {judged('compile_speedup', 1.2, '.3f')} the goal (>= 1.2); compiled {s}/compiled "
+        f"none: {judged('compiled_throughput_ratio', 0.98, '.3f')} the goal (>= 0.98); compiling took "
         f"{result['compile_seconds']:.1f} s (in the first round, left out of tokens/s); a growth costs {first:.1f} s "
         f"the first time (recompiling), {second:.2f} s the second (the width is then dynamic)"
     )

@@ -55,7 +55,7 @@ class NeuronUpdates:
         # The young slots (None: to be found), their birth steps on the tensors' device, and the
         # optimizer steps left before the first of them grows up (counted down by ``after_step``).
         self._young_slots: torch.Tensor | None = None
-        self._young_index = self._young_born = torch.zeros(0, dtype=torch.long)  # both on the tensors' device
+        self._young_index = self._young_born = torch.zeros(0, dtype=torch.long)  # set by ``_find_young``
         self._young_left = 0.0
 
     # --- what surgery tells it ----------------------------------------------------------------
@@ -140,13 +140,13 @@ class NeuronUpdates:
     def after_step(self) -> None:
         self._young_left -= 1
         if self._young is not None:
-            self._correct_young(self._young)
+            self._correct_young()
         if self._before is not None:
             for (param, dim), old in zip(self.tensors(), self._before, strict=True):
                 param.copy_(old + self.scale.to(param).view(_along(param, dim)) * (param - old))
         self._before, self._young = None, None
 
-    def _correct_young(self, young: torch.Tensor) -> None:
+    def _correct_young(self) -> None:
         """Swap the tensor's bias correction for each young neuron's own in the update just made."""
         tensors = [(param, dim) for param, dim in self.tensors() if "exp_avg" in self.optimizer.state.get(param, {})]
         groups = [self._group_of(param) for param, _ in tensors]
@@ -158,7 +158,7 @@ class NeuronUpdates:
         if any(any(g[k] != adam[k] for k in settings) for g in groups if g is not None):  # never in our trainer
             raise ValueError("per-neuron bias correction needs one lr, betas and eps for a layer's neuron tensors")
         device = tensors[0][0].device
-        index, born = self._young_index, self._young_born  # of ``young``, kept on the device
+        index, born = self._young_index, self._young_born  # the young slots', kept on the device
         (beta1, beta2), lr, eps = adam["betas"], adam["lr"], adam["eps"]
         ratio, root = _age_tables(beta1, beta2, device)
         youth = len(ratio) - 1
@@ -174,7 +174,7 @@ class NeuronUpdates:
 
         # A layer's young rows side by side, neurons first: (young, columns of every tensor).
         def rows(values: list[torch.Tensor]) -> torch.Tensor:
-            taken = [v.index_select(d, index).movedim(d, 0).reshape(len(young), -1)
+            taken = [v.index_select(d, index).movedim(d, 0).reshape(len(index), -1)
                      for v, (_, d) in zip(values, tensors, strict=True)]  # fmt: skip
             return torch.cat(taken, dim=1)
 
@@ -186,7 +186,7 @@ class NeuronUpdates:
         delta = m.mul_(made.sub_(own))
         widths = [param.numel() // param.size(dim) for param, dim in tensors]
         for (param, dim), part in zip(tensors, delta.split(widths, dim=1), strict=True):
-            shape = [len(young), *(n for i, n in enumerate(param.shape) if i != dim)]
+            shape = [len(index), *(n for i, n in enumerate(param.shape) if i != dim)]
             param.detach().index_add_(dim, index, part.reshape(shape).movedim(0, dim))
 
     def _adam_group(self) -> dict[str, Any] | None:
