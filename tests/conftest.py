@@ -75,6 +75,16 @@ class Colony:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 
+    def optimizer_step(self) -> None:
+        """The trainer's update: the optimizer's step between every population's ``before_step``
+        and ``after_step`` (newborns' own bias correction, protection), then gradients cleared."""
+        for pop in self.populations:
+            pop.updates.before_step()
+        self.optimizer.step()
+        for pop in self.populations:
+            pop.updates.after_step()
+        self.optimizer.zero_grad(set_to_none=True)
+
 
 def make_colony(metric: str = "grad_activation", run_config: RunConfig | None = None, **model_overrides) -> Colony:
     """A tiny model with every part a run has; ``run_config`` sets the optimizer's settings."""

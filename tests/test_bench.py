@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from apoptosis.analysis.bench import paired_ratio, ratio_interval, verdict
+from apoptosis.analysis.bench import paired_ratio, round_ratios, verdict
+from apoptosis.analysis.intervals import median_interval
 from apoptosis.cli.main import main
 from tests.conftest import TINY_TEXT
 from tests.test_run_safety import TINY
@@ -70,11 +71,11 @@ def test_a_goal_is_judged_by_the_whole_interval_of_the_rounds_median_ratio() -> 
     disturbed, leave a goal of 0.98 undecided, one of 1.2 missed and one of 0.8 met; five rounds
     give no interval."""
     steady = {"a": [11.0, 22.0, 16.5, 11.0, 22.0, 16.5], "b": [10.0, 20.0, 15.0, 10.0, 20.0, 15.0]}
-    assert ratio_interval(steady, "a", "b") == pytest.approx((1.1, 1.1))
+    assert median_interval(round_ratios(steady, "a", "b")) == pytest.approx((1.1, 1.1))
     spread = {"a": [9.5, 10.5, 9.8, 10.3, 10.1, 9.9, 10.2, 3.0], "b": [10.0] * 8}  # the last round disturbed
-    low, high = ratio_interval(spread, "a", "b")
+    low, high = median_interval(round_ratios(spread, "a", "b"))
     assert 0.9 < low < 0.98 < 1.0 < high < 1.1  # the disturbed round does not drag it down
     assert "cannot tell" in verdict((low, high), 0.98)
     assert "misses" in verdict((low, high), 1.2) and "meets" in verdict((low, high), 0.8)
     short = {"a": spread["a"][:5], "b": spread["b"][:5]}
-    assert ratio_interval(short, "a", "b") is None and "cannot tell" in verdict(None, 0.8)
+    assert median_interval(round_ratios(short, "a", "b")) is None and "cannot tell" in verdict(None, 0.8)

@@ -96,12 +96,7 @@ def _adam_updates(beta2: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]
         loss.backward()
         newborn.grad = fc.grad[slots].clone()
         before = fc.detach().clone()
-        for p in c.populations:
-            p.updates.before_step()
-        c.optimizer.step()
-        for p in c.populations:
-            p.updates.after_step()
-        c.optimizer.zero_grad(set_to_none=True)
+        c.optimizer_step()
         reference_before = newborn.detach().clone()
         fresh.step()
         got.append((fc.detach()[slots] - before[slots]).clone())
@@ -312,12 +307,7 @@ def test_two_cohorts_track_fresh_adamw_on_every_neuron_tensor_through_their_comi
             for q, (p, d, _) in zip(fresh, tensors, strict=True):
                 q.grad = p.grad.index_select(d, slots).clone()
         founders_before = pop.mlp.fc.weight.detach()[8:].clone()
-        for p in c.populations:
-            p.updates.before_step()
-        c.optimizer.step()
-        for p in c.populations:
-            p.updates.after_step()
-        c.optimizer.zero_grad(set_to_none=True)
+        c.optimizer_step()
         for slots, fresh, optimizer in cohorts:
             optimizer.step()
             for q, (p, d, _) in zip(fresh, tensors, strict=True):

@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from apoptosis.analysis.intervals import MIN_VALUES_FOR_MEDIAN_INTERVAL, median_interval
 from apoptosis.core.config import RunConfig, StrategyConfig
 from apoptosis.core.model import GPT
 from apoptosis.training import Trainer
@@ -98,28 +98,15 @@ def _compiled(config: RunConfig, extra_steps: int = 0) -> RunConfig:
     return config
 
 
+def round_ratios(tokens_per_s: dict[str, list[float]], a: str, b: str) -> list[float]:
+    """Each round's tokens/s of ``a`` over ``b``: the machine's drift between rounds, which spreads
+    one configuration's runs by 10-20%, cancels."""
+    return [x / y for x, y in zip(tokens_per_s[a], tokens_per_s[b], strict=True)]
+
+
 def paired_ratio(tokens_per_s: dict[str, list[float]], a: str, b: str) -> float:
-    """Median over rounds of ``a``'s tokens/s over ``b``'s in the same round: the machine's drift
-    between rounds, which spreads one configuration's runs by 10-20%, cancels."""
-    return statistics.median(x / y for x, y in zip(tokens_per_s[a], tokens_per_s[b], strict=True))
-
-
-MIN_ROUNDS_FOR_INTERVAL = 6  # the median's interval below needs at least this many rounds
-
-
-def ratio_interval(
-    tokens_per_s: dict[str, list[float]], a: str, b: str, level: float = 0.95
-) -> tuple[float, float] | None:
-    """The ``level`` interval of the median of the rounds' ratios ``a`` / ``b`` (Hettmansperger and
-    Sheather's, free of any distribution, scipy's ``median_cihs``): around the median the bench
-    prints, and as little moved by one disturbed round. None below ``MIN_ROUNDS_FOR_INTERVAL``."""
-    from scipy.stats.mstats import median_cihs
-
-    ratios = np.array([x / y for x, y in zip(tokens_per_s[a], tokens_per_s[b], strict=True)])
-    if len(ratios) < MIN_ROUNDS_FOR_INTERVAL:
-        return None
-    low, high = median_cihs(ratios, alpha=1 - level)
-    return float(low), float(high)
+    """The median of the rounds' ratios ``a`` / ``b``."""
+    return statistics.median(round_ratios(tokens_per_s, a, b))
 
 
 def verdict(interval: tuple[float, float] | None, goal: float) -> str:
@@ -211,6 +198,8 @@ def run_bench(config: RunConfig, strategy: str, rounds: int, segment: int, conso
         sampling = sample_speed(trainers["none"].model, repeats=3)
     hardware = matmul_flops_per_s(device=config.trainer.device)
     medians = {name: statistics.median(v) for name, v in tokens_per_s.items()}
+    ratios = {"throughput_ratio": (strategy, "none"), "compile_speedup": ("none compiled", "none"),
+              "compiled_throughput_ratio": (f"{strategy} compiled", "none compiled")}  # fmt: skip
     segment_tokens = segment * config.trainer.batch_size * config.model.block_size
     return {
         "strategy": strategy,
@@ -220,20 +209,15 @@ def run_bench(config: RunConfig, strategy: str, rounds: int, segment: int, conso
         "tokens_per_s": tokens_per_s,
         "median_tokens_per_s": medians,
         "events": {name: trainer.totals.events for name, trainer in trainers.items()},
-        "throughput_ratio": paired_ratio(tokens_per_s, strategy, "none"),
         "model_flops_per_token": flops_per_token,
         "model_flops_per_s": flops_per_token * medians["none"],
         "matmul_flops_per_s": hardware,
         "eager_none_tokens_per_s": medians["none"],
         "compiled_none_tokens_per_s": medians["none compiled"],
         f"compiled_{strategy}_tokens_per_s": medians[f"{strategy} compiled"],
-        "compile_speedup": paired_ratio(tokens_per_s, "none compiled", "none"),
-        "compiled_throughput_ratio": paired_ratio(tokens_per_s, f"{strategy} compiled", "none compiled"),
-        "ratio_intervals": {  # 95% intervals of the medians above (null below MIN_ROUNDS_FOR_INTERVAL rounds)
-            "throughput_ratio": ratio_interval(tokens_per_s, strategy, "none"),
-            "compile_speedup": ratio_interval(tokens_per_s, "none compiled", "none"),
-            "compiled_throughput_ratio": ratio_interval(tokens_per_s, f"{strategy} compiled", "none compiled"),
-        },
+        **{key: paired_ratio(tokens_per_s, a, b) for key, (a, b) in ratios.items()},
+        # the 95% interval of each median (null with fewer rounds than median_interval needs)
+        "ratio_intervals": {key: median_interval(round_ratios(tokens_per_s, a, b)) for key, (a, b) in ratios.items()},
         "compile_seconds": first_round_s["none compiled"] - segment_tokens / medians["none compiled"],
         "growth_recompile_seconds": growth_s,
         "sample_chars_per_s": sampling["cached"],
@@ -264,7 +248,7 @@ def print_bench(result: dict[str, Any], console: Console) -> None:
 
     console.print(
         f"{s} params: {result['strategy_params']}; ratios: the median of the rounds' ratios, with the interval of "
-        f"that median (from {MIN_ROUNDS_FOR_INTERVAL} rounds on)"
+        f"that median (from {MIN_VALUES_FOR_MEDIAN_INTERVAL} rounds on)"
     )
     console.print(f"throughput ratio {s}/none: {judged('throughput_ratio', 0.95, '.3f')} the 5% budget (>= 0.950)")
     first, second = (max(seconds, 0.0) for seconds in result["growth_recompile_seconds"])  # timing noise: not < 0

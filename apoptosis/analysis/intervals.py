@@ -1,5 +1,6 @@
-"""t intervals over seeds, the one way every table and figure states its uncertainty: the
-half width of a mean's interval, and the interval of a difference (Welch, or paired by seed)."""
+"""The intervals every table and figure states its uncertainty with: t intervals over seeds (the
+half width of a mean's interval, and the interval of a difference, Welch or paired by seed), and
+the distribution-free interval of a median (the bench's ratios over its rounds)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,18 @@ def paired_interval(a: pd.Series, b: pd.Series, level: float = 0.95) -> tuple[fl
         return diff, diff, diff
     ci = stats.ttest_1samp(diffs, 0.0).confidence_interval(level)
     return diff, float(ci.low), float(ci.high)
+
+
+MIN_VALUES_FOR_MEDIAN_INTERVAL = 6  # Hettmansperger-Sheather needs at least this many values
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """The ``level`` interval of the median of ``values`` (Hettmansperger and Sheather's, free of any
+    distribution, scipy's ``median_cihs``), as little moved by one outlier as the median; None
+    with fewer than ``MIN_VALUES_FOR_MEDIAN_INTERVAL`` values."""
+    from scipy.stats.mstats import median_cihs
+
+    if len(values) < MIN_VALUES_FOR_MEDIAN_INTERVAL:
+        return None
+    low, high = median_cihs(np.asarray(values, dtype=float), alpha=1 - level)
+    return float(low), float(high)

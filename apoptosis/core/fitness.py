@@ -173,17 +173,8 @@ class FitnessTracker:
             return
         mlps = self.mlps
         layers = [layer for layer, mlp in enumerate(mlps) if mlp.proj.weight.grad is not None]
-        if not layers:
-            return
-        values = [self.metric.weight_grad_value(mlps[layer]) for layer in layers]
-        # Every layer's moving average in four list operations (``_update``'s, batched): at this
-        # size each small operation costs more than its arithmetic.
-        d = self.ema_decay
-        sums, weights = [self.sums[layer] for layer in layers], [self.weights[layer] for layer in layers]
-        torch._foreach_mul_(sums, d)
-        torch._foreach_add_(sums, values, alpha=1 - d)
-        torch._foreach_mul_(weights, d)
-        torch._foreach_add_(weights, 1 - d)
+        if layers:
+            self._update(layers, [self.metric.weight_grad_value(mlps[layer]) for layer in layers])
 
     def _make_hook(self, layer: int):
         def hook(module: nn.Module, inputs: Any, h: torch.Tensor) -> None:
@@ -191,17 +182,22 @@ class FitnessTracker:
                 return
             value = h.detach()  # no reference back to h: a closure over h would form a cycle
             if self.metric.needs_grad:
-                h.register_hook(lambda grad: self._update(layer, self.metric.step_value(value, grad)))
+                h.register_hook(lambda grad: self._update([layer], [self.metric.step_value(value, grad)]))
             else:
-                self._update(layer, self.metric.step_value(value, None))
+                self._update([layer], [self.metric.step_value(value, None)])
 
         return hook
 
     @torch.no_grad()
-    def _update(self, layer: int, value: torch.Tensor) -> None:
+    def _update(self, layers: list[int], values: list[torch.Tensor]) -> None:
+        """One step's ``values`` into the moving averages of ``layers``, all layers in four list
+        operations: at this size each small operation costs more than its arithmetic."""
         d = self.ema_decay
-        self.sums[layer].mul_(d).add_(value, alpha=1 - d)
-        self.weights[layer].mul_(d).add_(1 - d)
+        sums, weights = [self.sums[layer] for layer in layers], [self.weights[layer] for layer in layers]
+        torch._foreach_mul_(sums, d)
+        torch._foreach_add_(sums, values, alpha=1 - d)
+        torch._foreach_mul_(weights, d)
+        torch._foreach_add_(weights, 1 - d)
 
     @torch.no_grad()
     def scores(self, layer: int) -> torch.Tensor:

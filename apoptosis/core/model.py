@@ -123,7 +123,7 @@ class Block(nn.Module):
 class OnePositionDecoder:
     """``GPT.last_logits`` for one new position, as functional calls on the model's weights,
     gathered once: at one position every module call, attribute lookup and view costs more than
-    its arithmetic, and this runs generation ~1.8x faster on a CPU. The model must not change
+    its arithmetic (EXPERIMENT_LOG.md has the speeds). The model must not change
     while it is used, and its dropout must be inactive; tests hold its logits to the forward's."""
 
     def __init__(self, model: GPT) -> None:

@@ -51,7 +51,6 @@ class NeuronUpdates:
         self.born_at = torch.zeros(width, dtype=torch.long)  # optimizer step of the last moment reset
         self._groups: dict[int, dict[str, Any] | None] = {}  # id(param) -> its AdamW group
         self._before: list[torch.Tensor] | None = None
-        self._young: torch.Tensor | None = None  # the young slots of the step under way
         # The young slots (None: to be found), their birth steps on the tensors' device, and the
         # optimizer steps left before the first of them grows up (counted down by ``after_step``).
         self._young_slots: torch.Tensor | None = None
@@ -128,10 +127,9 @@ class NeuronUpdates:
 
     @torch.no_grad()
     def before_step(self) -> None:
-        """Remember what ``after_step`` needs: which neurons are young, and whole tensors when a
-        neuron is protected. Nothing is copied when no neuron is protected."""
-        young = self.young()
-        self._young = young if len(young) else None
+        """Remember what ``after_step`` needs: which neurons are young (found if need be), and whole
+        tensors when a neuron is protected. Nothing is copied when no neuron is protected."""
+        self.young()
         self._before = None
         if bool(self.protected().any()):
             self._before = [param.detach().clone() for param, _ in self.tensors()]
@@ -139,12 +137,12 @@ class NeuronUpdates:
     @torch.no_grad()
     def after_step(self) -> None:
         self._young_left -= 1
-        if self._young is not None:
+        if len(self._young_index):
             self._correct_young()
         if self._before is not None:
             for (param, dim), old in zip(self.tensors(), self._before, strict=True):
                 param.copy_(old + self.scale.to(param).view(_along(param, dim)) * (param - old))
-        self._before, self._young = None, None
+        self._before = None
 
     def _correct_young(self) -> None:
         """Swap the tensor's bias correction for each young neuron's own in the update just made."""

@@ -119,7 +119,6 @@ class Trainer:
         self.model = GPT(config.model).to(self.device)
         self.train_forward = training_forward(self.model, t)
         apply_tf32(t)
-        self.first_step_s: float | None = None  # this process's first step (a compiled run compiles there)
         self.probe_time_s = 0.0  # this process's seconds in events' probe passes
         self.optimizer = build_optimizer(self.model, config)
         self.lineage = Lineage.founders(self.model.mlp_widths())
@@ -268,7 +267,7 @@ class Trainer:
         is_eval = self.step % t.eval_interval == 0 or is_last or self.phases.evaluates_all_at(self.step)
         is_row = is_eval or self.step % t.log_interval == 0
         is_checkpoint = self.step % t.checkpoint_interval == 0 or is_last
-        pauses = is_row or is_checkpoint or self.phases.ends_at(self.step) or self.first_step_s is None
+        pauses = is_row or is_checkpoint or self.phases.ends_at(self.step)
         if is_eval:
             self._synchronize()
         elapsed = time.perf_counter() - started
@@ -303,8 +302,6 @@ class Trainer:
             self._synchronize()
         elapsed += time.perf_counter() - started - (self.probe_time_s - probed)  # surgery is training time;
         # evaluation and the events' probe passes (measurements) are not
-        if self.first_step_s is None:
-            self.first_step_s = elapsed
         tot.train_time_s += elapsed
         tot.pending_time_s += elapsed
 
